@@ -1,0 +1,49 @@
+"""The mask-conditioned adaptor on the UNet's noise prediction (the official FAST ``FineTune``).
+
+A conv stack reads ``concat(ε̂, M)`` and outputs a new ε̂. Modes:
+
+- ``replace`` (official): its output *is* the noise prediction;
+- ``residual``: ``ε̂ + adaptor(ε̂, M)``, last conv zero-initialised so training starts from the UNet;
+- ``off``: the UNet's ε̂ unchanged (FAST without adaptor, as in the paper).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ADAPTOR_MODES = ("replace", "residual", "off")
+
+
+class FineTune(nn.Module):
+    """Conv3×3 8→64→128→256→256→64 (BN + ReLU each), then Conv1×1 64→4 (≈1.11 M params at 4 channels)."""
+
+    def __init__(self, channels: int = 4, widths=(64, 128, 256, 256, 64), zero_init: bool = False):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 2 * channels
+        for w in widths:
+            layers += [nn.Conv2d(cin, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            cin = w
+        layers.append(nn.Conv2d(cin, channels, 1))
+        self.net = nn.Sequential(*layers)
+        if zero_init:
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, eps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.to(eps.dtype).expand(-1, eps.shape[1], -1, -1)
+        return self.net(torch.cat([eps, m], dim=1))
+
+
+def build_adaptor(mode: str, channels: int = 4, widths=(64, 128, 256, 256, 64)) -> FineTune | None:
+    if mode not in ADAPTOR_MODES:
+        raise ValueError(f"adaptor mode must be one of {ADAPTOR_MODES}, got '{mode}'")
+    return None if mode == "off" else FineTune(channels, widths, zero_init=(mode == "residual"))
+
+
+def apply_adaptor(fine: FineTune | None, mode: str, eps: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """ε̂ after the adaptor; identity when it is off or no mask is given."""
+    if fine is None or mask is None:
+        return eps
+    out = fine(eps, mask)
+    return eps + out if mode == "residual" else out

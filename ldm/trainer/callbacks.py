@@ -1,0 +1,148 @@
+"""Lightning 2 callbacks for ``main.py``: run set-up, PNG image grids, and per-step artifact export."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from utils.atomic import write_text_atomic
+from utils.images import save_grid
+
+
+class SetupCallback(pl.Callback):
+    """Creates the log/checkpoint/config directories and snapshots the merged configs."""
+
+    def __init__(self, resume: bool, now: str, logdir: str, ckptdir: str, cfgdir: str, config, lightning_config):
+        super().__init__()
+        self.resume, self.now = resume, now
+        self.logdir, self.ckptdir, self.cfgdir = logdir, ckptdir, cfgdir
+        self.config, self.lightning_config = config, lightning_config
+
+    def setup(self, trainer, pl_module, stage=None):
+        if trainer.global_rank != 0:
+            return
+        for d in (self.logdir, self.ckptdir, self.cfgdir):
+            os.makedirs(d, exist_ok=True)
+        print("Project config")
+        print(OmegaConf.to_yaml(self.config))
+        write_text_atomic(Path(self.cfgdir) / f"{self.now}-project.yaml", OmegaConf.to_yaml(self.config))
+        write_text_atomic(Path(self.cfgdir) / f"{self.now}-lightning.yaml",
+                          OmegaConf.to_yaml(OmegaConf.create({"lightning": self.lightning_config})))
+
+    def on_exception(self, trainer, pl_module, exception):
+        """Ctrl-C saves ``last.ckpt`` so the run can be resumed with ``-r``."""
+        if isinstance(exception, KeyboardInterrupt) and trainer.global_rank == 0 and trainer.global_step > 0:
+            path = os.path.join(self.ckptdir, "last.ckpt")
+            print(f"Interrupted: saving {path}")
+            trainer.save_checkpoint(path)
+
+
+class ImageLogger(pl.Callback):
+    """Writes ``<logdir>/images/<split>/<key>_gs-XXXXXX_e-XXXXXX_b-XXXXXX.png`` from ``log_images``."""
+
+    def __init__(self, batch_frequency: int = 500, max_images: int = 8, clamp: bool = True,
+                 increase_log_steps: bool = True, rescale: bool = True, disabled: bool = False,
+                 log_on_batch_idx: bool = False, log_first_step: bool = False, log_images_kwargs=None,
+                 save_dir: str | None = None):
+        super().__init__()
+        self.save_dir = save_dir
+        if batch_frequency <= 0:
+            raise ValueError("ImageLogger batch_frequency must be > 0")
+        self.batch_freq = batch_frequency
+        self.max_images = max_images
+        self.clamp, self.rescale = clamp, rescale
+        self.disabled = disabled
+        self.log_on_batch_idx = log_on_batch_idx
+        self.log_first_step = log_first_step
+        self.log_images_kwargs = dict(log_images_kwargs or {})
+        self.log_steps = [2 ** n for n in range(int(torch.log2(torch.tensor(float(batch_frequency)))) + 1)]
+        if not increase_log_steps:
+            self.log_steps = [batch_frequency]
+
+    def check_frequency(self, check_idx: int) -> bool:
+        if check_idx == 0:
+            return self.log_first_step
+        if check_idx % self.batch_freq == 0:
+            return True
+        if check_idx in self.log_steps:
+            self.log_steps.remove(check_idx)
+            return True
+        return False
+
+    @rank_zero_only
+    def save_images(self, save_dir: str, split: str, images: dict, global_step: int, current_epoch: int,
+                    batch_idx: int) -> list[str]:
+        root = Path(save_dir) / "images" / split
+        written = []
+        for k, v in images.items():
+            if not torch.is_tensor(v) or v.ndim != 4:
+                continue
+            name = f"{k}_gs-{global_step:06}_e-{current_epoch:06}_b-{batch_idx:06}.png"
+            save_grid(v[: self.max_images], root / name, nrow=min(self.max_images, v.shape[0]))
+            written.append(str(root / name))
+        return written
+
+    def log_img(self, trainer, pl_module, batch, batch_idx: int, split: str = "train"):
+        check_idx = batch_idx if self.log_on_batch_idx else pl_module.global_step
+        if self.disabled or not hasattr(pl_module, "log_images") or not callable(pl_module.log_images):
+            return
+        if not self.check_frequency(check_idx) or self.max_images <= 0:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad():
+                images = pl_module.log_images(batch, N=self.max_images, split=split, **self.log_images_kwargs)
+        finally:
+            if was_training:
+                pl_module.train()
+        for k in list(images):
+            if torch.is_tensor(images[k]):
+                img = images[k][: self.max_images].detach().float().cpu()
+                images[k] = img.clamp(-1.0, 1.0) if self.clamp else img
+        self.save_images(self.save_dir or trainer.default_root_dir, split, images, pl_module.global_step,
+                         pl_module.current_epoch, batch_idx)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.global_step > 0 or self.log_first_step:
+            self.log_img(trainer, pl_module, batch, batch_idx, split="train")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if pl_module.global_step > 0 and batch_idx == 0:
+            self.log_img(trainer, pl_module, batch, batch_idx, split="val")
+
+
+class ArtifactExporter(pl.Callback):
+    """Every ``every_n_train_steps`` optimizer steps (and at the end) calls
+    ``pl_module.export_artifacts(dirpath, step)``, which writes plain-tensor files such as
+    ``embeddings_gs-{step}.pt``. ``step`` counts completed optimizer steps (see README)."""
+
+    def __init__(self, dirpath: str, every_n_train_steps: int):
+        super().__init__()
+        self.dirpath = dirpath
+        self.every = int(every_n_train_steps)
+        self._last_exported = -1
+
+    def _export(self, trainer, pl_module):
+        step = int(trainer.global_step)
+        if step <= 0 or step == self._last_exported or trainer.global_rank != 0:
+            return
+        if hasattr(pl_module, "export_artifacts"):
+            pl_module.export_artifacts(self.dirpath, step)
+            self._last_exported = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.every > 0 and trainer.global_step > 0 and trainer.global_step % self.every == 0:
+            self._export(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self._export(trainer, pl_module)
+
+
+def timestamp() -> str:
+    return time.strftime("%Y-%m-%dT%H-%M-%S")

@@ -1,0 +1,273 @@
+#!/usr/bin/env python
+"""Train a model of the LDM family from YAML configs (the AnomalyDiffusion/FAST command line on Lightning 2).
+
+Examples::
+
+    python main.py --base configs/fast/texture-demo.yaml -t --actual_resume logs/ldm/checkpoints/last.ckpt \
+        --mvtec_path data/texture-ad/brick/ground_truth/scratch/ --init_word scratch -lf fast-brick-scratch
+    python main.py -r logs/fast-brick-scratch            # resume: weights, optimizer state and step
+
+Unknown ``key=value`` arguments override the merged YAML (OmegaConf dotlist), e.g.
+``lightning.trainer.max_steps=200 data.params.batch_size=4``.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import inspect
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def str2bool(v):
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if v.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected, got '{v}'")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", "--name", default="", help="postfix of the log directory name")
+    p.add_argument("-r", "--resume", default="", help="resume from a log directory or a checkpoint in it")
+    p.add_argument("-b", "--base", nargs="*", metavar="config.yaml", default=[],
+                   help="YAML configs, merged left to right; key=value arguments override them")
+    p.add_argument("-t", "--train", type=str2bool, nargs="?", const=True, default=False, help="train")
+    p.add_argument("--no-test", type=str2bool, nargs="?", const=True, default=False, help="skip testing")
+    p.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything")
+    p.add_argument("-f", "--postfix", default="", help="postfix for the default log directory name")
+    p.add_argument("-l", "--logdir", default="logs", help="directory for logging")
+    p.add_argument("-lf", "--log_folder", default=None,
+                   help="fixed run folder: the run is logged in <logdir>/<log_folder>")
+    p.add_argument("--scale_lr", type=str2bool, nargs="?", const=True, default=True,
+                   help="lr = accumulate_grad_batches × n_devices × batch_size × base_learning_rate")
+    p.add_argument("--actual_resume", default=None,
+                   help="pretrained LDM checkpoint, loaded non-strictly (a missing/unexpected summary is printed)")
+    p.add_argument("--init_word", default=None, help="word (one wordpiece) initialising the anomaly embeddings")
+    p.add_argument("--mvtec_path", default=None,
+                   help="dataset root, or the official form <root>/<category>/ground_truth/<defect>/")
+    p.add_argument("--category", default=None, help="category (overrides the config)")
+    p.add_argument("--defect", default=None, help="defect type (overrides the config)")
+    p.add_argument("--embedding_manager_ckpt", default="", help="initialise embeddings from this embeddings.pt")
+    p.add_argument("--placeholder_string", default=None, help="placeholder token in captions (default '*')")
+    p.add_argument("--gpus", default=None,
+                   help="device indices: '0', '0,', '0,1'; -1 = all GPUs; absent/none = CPU")
+    p.add_argument("--max_steps", type=int, default=None, help="shortcut for lightning.trainer.max_steps")
+    return p
+
+
+def split_overrides(unknown: list[str]) -> list[str]:
+    bad = [u for u in unknown if "=" not in u or u.startswith("-")]
+    if bad:
+        raise SystemExit(f"main.py: error: unrecognized arguments {bad} (YAML overrides are written key=value)")
+    return unknown
+
+
+def resolve_logdir(opt, now: str):
+    """Returns (logdir, ckpt_to_resume_or_None, base_configs)."""
+    if opt.resume:
+        if not os.path.exists(opt.resume):
+            raise SystemExit(f"main.py: error: cannot find --resume path '{opt.resume}'")
+        if os.path.isfile(opt.resume):
+            parts = Path(opt.resume).resolve().parts
+            if "checkpoints" not in parts:
+                raise SystemExit(f"main.py: error: --resume checkpoint '{opt.resume}' is not inside <logdir>/checkpoints/")
+            idx = len(parts) - 1 - parts[::-1].index("checkpoints")
+            logdir = str(Path(*parts[:idx]))
+            ckpt = opt.resume
+        else:
+            logdir = opt.resume.rstrip("/")
+            ckpt = os.path.join(logdir, "checkpoints", "last.ckpt")
+            if not os.path.isfile(ckpt):
+                raise SystemExit(f"main.py: error: no checkpoint to resume at '{ckpt}'")
+        base = sorted(glob.glob(os.path.join(logdir, "configs", "*-project.yaml")))
+        if not base:
+            raise SystemExit(f"main.py: error: no saved config in '{logdir}/configs' to resume from")
+        return logdir, ckpt, base[-1:] + list(opt.base)
+    if opt.log_folder:
+        folder = opt.log_folder.strip("/")
+        prefix = opt.logdir.strip("/") + "/"
+        if folder.startswith(prefix):  # `-lf logs/x` with `-l logs` means logs/x, not logs/logs/x
+            folder = folder[len(prefix):]
+        return os.path.join(opt.logdir, folder), None, list(opt.base)
+    if opt.name:
+        name = "_" + opt.name
+    elif opt.base:
+        name = "_" + os.path.splitext(os.path.basename(opt.base[0]))[0]
+    else:
+        name = ""
+    return os.path.join(opt.logdir, now + name + opt.postfix), None, list(opt.base)
+
+
+def _accepts(target: str, key: str) -> bool:
+    from ldm.util import get_obj_from_str
+
+    try:
+        params = inspect.signature(get_obj_from_str(target)).parameters
+    except (ImportError, ValueError, TypeError):
+        return False
+    return key in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def inject_dataset(config, opt) -> tuple[str | None, str | None]:
+    """Apply --mvtec_path/--category/--defect to every data split that takes them; returns (category, defect)."""
+    data = config.get("data")
+    if data is None:
+        return None, None
+    splits = [data.params[s] for s in ("train", "validation", "test") if s in data.get("params", {})]
+    category, defect = opt.category, opt.defect
+    root = None
+    for split in splits:
+        params = split.get("params", {})
+        category = category or params.get("category")
+        defect = defect or params.get("defect")
+    if opt.mvtec_path:
+        from ldm.data.layouts import resolve_mvtec_path
+
+        resolved = resolve_mvtec_path(opt.mvtec_path, category=category, defect=defect)
+        root, category, defect = resolved[0], resolved[1], resolved[2]
+    for split in splits:
+        if "params" not in split or split.params is None:
+            split.params = {}
+        for key, value in (("root", root), ("category", category), ("defect", defect)):
+            if value is not None and (key in split.params or _accepts(split.target, key)):
+                split.params[key] = str(value)
+    return category, defect
+
+
+def configure_personalization(config, opt, category, defect) -> None:
+    pc = config.model.params.get("personalization_config")
+    if pc is None:
+        if opt.init_word or opt.placeholder_string or opt.embedding_manager_ckpt:
+            print("warning: --init_word/--placeholder_string/--embedding_manager_ckpt ignored: "
+                  "the model config has no personalization_config")
+        return
+    pc.params = pc.get("params") or {}
+    if opt.init_word:
+        words = list(pc.params.get("initializer_words") or [])
+        pc.params.initializer_words = [opt.init_word] + words[1:]
+    if opt.placeholder_string:
+        strings = list(pc.params.get("placeholder_strings") or ["*"])
+        pc.params.placeholder_strings = [opt.placeholder_string] + strings[1:]
+    if not pc.params.get("names") and category and defect and pc.params.get("per_name", True):
+        pc.params.names = [f"{category}+{defect}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from datetime import datetime
+
+    parser = get_parser()
+    opt, unknown = parser.parse_known_args(argv)
+    overrides = split_overrides(unknown)
+    if opt.name and opt.resume:
+        raise SystemExit("main.py: error: -n/--name cannot be given with -r/--resume")
+    if not opt.base and not opt.resume:
+        raise SystemExit("main.py: error: give at least one config with -b/--base (or -r to resume)")
+    for path in opt.base:
+        if not os.path.isfile(path):
+            raise SystemExit(f"main.py: error: config file not found: {path}")
+
+    now = datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+    logdir, resume_ckpt, base_configs = resolve_logdir(opt, now)
+    ckptdir = os.path.join(logdir, "checkpoints")
+    cfgdir = os.path.join(logdir, "configs")
+
+    import pytorch_lightning as pl
+    import torch
+    from omegaconf import OmegaConf
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from ldm.trainer.callbacks import ArtifactExporter, ImageLogger, SetupCallback
+    from ldm.trainer.devices import parse_gpus
+    from ldm.util import instantiate_from_config
+
+    pl.seed_everything(opt.seed, workers=True)
+    configs = [OmegaConf.load(c) for c in base_configs]
+    config = OmegaConf.merge(*configs, OmegaConf.from_dotlist(overrides))
+    if "model" not in config:
+        raise SystemExit(f"main.py: error: no 'model' section in {base_configs}")
+    lightning_config = config.pop("lightning", OmegaConf.create())
+    trainer_config = OmegaConf.to_container(lightning_config.get("trainer", OmegaConf.create()), resolve=True)
+    if opt.max_steps is not None:
+        trainer_config["max_steps"] = opt.max_steps
+
+    devices = parse_gpus(opt.gpus if opt.gpus is not None else trainer_config.pop("gpus", None))
+    trainer_config.pop("gpus", None)
+    for key in ("accelerator", "devices", "strategy"):
+        trainer_config.pop(key, None)
+    precision = str(trainer_config.pop("precision", "32-true"))
+    if devices.accelerator == "cpu" and precision in ("16", "16-mixed"):
+        print(f"warning: precision {precision} needs a GPU; using 32-true on the CPU")
+        precision = "32-true"
+    lightning_config.trainer = dict(trainer_config, precision=precision, accelerator=devices.accelerator)
+
+    category, defect = inject_dataset(config, opt)
+    configure_personalization(config, opt, category, defect)
+    if opt.actual_resume:
+        if not os.path.isfile(opt.actual_resume):
+            raise SystemExit(f"main.py: error: --actual_resume checkpoint not found: {opt.actual_resume}")
+        config.model.params.ckpt_path = opt.actual_resume
+
+    model = instantiate_from_config(config.model)
+    if opt.embedding_manager_ckpt:
+        if getattr(model, "embedding_manager", None) is None:
+            raise SystemExit("main.py: error: --embedding_manager_ckpt given but the model has no embedding manager")
+        model.embedding_manager.load(opt.embedding_manager_ckpt)
+
+    data = instantiate_from_config(config.data)
+    data.prepare_data()
+    data.setup("fit")
+
+    every_n = int(lightning_config.get("modelcheckpoint", {}).get("params", {}).get("every_n_train_steps", 500))
+    ckpt_params = dict(dirpath=ckptdir, filename="{epoch:06}-{step:09}", save_last=True, save_top_k=-1,
+                       every_n_train_steps=every_n)
+    ckpt_params.update({k: v for k, v in OmegaConf.to_container(
+        lightning_config.get("modelcheckpoint", {}).get("params", OmegaConf.create()), resolve=True).items()})
+    logger = CSVLogger(save_dir=logdir, name="csv", version="")
+    image_cfg = OmegaConf.to_container(lightning_config.get("callbacks", {}).get("image_logger", {}).get(
+        "params", OmegaConf.create()), resolve=True) if "callbacks" in lightning_config else {}
+    callbacks = [
+        SetupCallback(bool(opt.resume), now, logdir, ckptdir, cfgdir, config, lightning_config),
+        ImageLogger(save_dir=logdir, **image_cfg),
+        ModelCheckpoint(**ckpt_params),
+        ArtifactExporter(ckptdir, every_n),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    trainer = pl.Trainer(devices=devices.devices, strategy=devices.strategy, logger=logger, callbacks=callbacks,
+                         default_root_dir=logdir, **lightning_config.trainer)
+
+    bs = int(config.data.params.batch_size)
+    base_lr = float(config.model.get("base_learning_rate", 1e-4))
+    accumulate = int(trainer_config.get("accumulate_grad_batches", 1) or 1)
+    ngpu = devices.num_devices if devices.accelerator == "gpu" else 1
+    if opt.scale_lr:
+        model.learning_rate = accumulate * ngpu * bs * base_lr
+        print(f"Setting learning rate to {model.learning_rate:.2e} = {accumulate} (accumulate_grad_batches) * "
+              f"{ngpu} (num_gpus) * {bs} (batchsize) * {base_lr:.2e} (base_lr)")
+    else:
+        model.learning_rate = base_lr
+        print(f"++++ NOT USING LR SCALING ++++\nSetting learning rate to {model.learning_rate:.2e}")
+
+    if opt.train:
+        trainer.fit(model, data, ckpt_path=resume_ckpt)
+    if not opt.no_test and not trainer.interrupted and _has_test(model, data):
+        trainer.test(model, data)
+    return 0
+
+
+def _has_test(model, data) -> bool:
+    import pytorch_lightning as pl
+
+    overrides_test = type(model).test_step is not pl.LightningModule.test_step
+    return overrides_test and getattr(data, "has_test", False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create/refresh the project's virtual environment (.venv) without ever pulling a CUDA torch on a
+# CPU-only machine: torch is installed first and pinned for everything after it.
+# Usage: bash scripts/setup_env.sh [requirements file]   (default: requirements-dev.txt)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REQ="${1:-requirements-dev.txt}"
+PY="${PYTHON:-python3}"
+VENV="${FAST_VENV:-.venv}"
+stamp="$VENV/.fast-installed-$(cat requirements.txt "$REQ" | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ]; then exit 0; fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+TORCH_PIN="$(grep -E '^torch==' requirements.txt)"
+echo "[setup] installing $TORCH_PIN into $VENV"
+"$VENV/bin/python" -m pip install -q "$TORCH_PIN"
+constraints="$(mktemp)"; trap 'rm -f "$constraints"' EXIT
+echo "$TORCH_PIN" > "$constraints"
+echo "[setup] installing $REQ (torch pinned)"
+PIP_CONSTRAINT="$constraints" "$VENV/bin/python" -m pip install -q -r "$REQ"
+if "$VENV/bin/python" -c "import torchvision" 2>/dev/null; then
+  echo "[setup] note: torchvision is installed but unused by this project"
+fi
+rm -f "$VENV"/.fast-installed-*
+touch "$stamp"
+echo "[setup] done: $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)')"

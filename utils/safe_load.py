@@ -1,0 +1,169 @@
+"""Loading ``.pt`` / ``.ckpt`` files without executing code from them.
+
+The official FAST artifacts (``FARM-*.pt``, ``fine-*.pt``) are whole pickled modules, and
+``embeddings*.pt`` pickles an ``nn.ParameterDict``; LDM checkpoints may hold Lightning objects.
+``torch.load(weights_only=True)`` rejects them, and ``weights_only=False`` would run whatever the
+file asks for. :func:`safe_load` first tries ``weights_only=True``; if that fails it unpickles with a
+restricted unpickler: tensors, parameters and plain containers are rebuilt, any other class becomes
+an inert :class:`PickledObject` that only records its pickled state, and a file that asks to *call*
+anything outside the allow-list (``os.system``, ``eval``, a class constructor, …) is refused with
+:class:`UnsafePickleError`. :func:`extract_state_dict` then turns such a pickled module into a plain
+``state_dict``.
+"""
+from __future__ import annotations
+
+import _compat_pickle
+import collections
+import os
+import pickle
+import types
+from typing import Any
+
+import torch
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The file asked to call something that is not needed to rebuild tensors."""
+
+
+class PickledObject:
+    """Inert stand-in for an instance of a class we refuse to import."""
+
+    _qualname = "?"
+
+    def __setstate__(self, state: Any) -> None:
+        object.__setattr__(self, "_pickled_state", state)
+
+    def __repr__(self) -> str:
+        return f"<PickledObject {self._qualname}>"
+
+
+class _RefuseCalls(type):
+    def __call__(cls, *args, **kwargs):
+        raise UnsafePickleError(f"refusing to call '{cls._qualname}' while loading (code execution is not allowed)")
+
+
+def _stub_class(module: str, name: str) -> type:
+    return _RefuseCalls(name, (PickledObject,), {"_qualname": f"{module}.{name}", "__module__": "utils.safe_load"})
+
+
+def _safe_reconstructor(cls, base, state):
+    """``copyreg._reconstructor`` for protocol-0/1 pickles, only for inert stand-ins."""
+    if isinstance(cls, type) and issubclass(cls, PickledObject) and base is object:
+        obj = object.__new__(cls)
+        return obj
+    raise UnsafePickleError(f"refusing copyreg._reconstructor for {cls!r}")
+
+
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch", "Size"): torch.Size,
+    ("torch", "device"): torch.device,
+    ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "slice"): slice,
+    ("copyreg", "_reconstructor"): _safe_reconstructor,
+}
+for _opt in ("_rebuild_tensor_v3", "_rebuild_parameter_with_state"):
+    if hasattr(torch._utils, _opt):
+        _ALLOWED[("torch._utils", _opt)] = getattr(torch._utils, _opt)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
+        # protocol-2 pickles written by Python 3 name builtins the Python 2 way
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        return _stub_class(module, name)
+
+
+_restricted_pickle = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, __name__="restricted_pickle")
+
+
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """Load a torch file, never executing code from it (see module docstring)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    except RuntimeError as e:  # corrupt archive etc.
+        if "weights_only" not in str(e) and "Unsupported" not in str(e):
+            raise RuntimeError(f"cannot read '{path}': {e}") from None
+    try:
+        return torch.load(path, map_location=map_location, pickle_module=_restricted_pickle, weights_only=False)
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{path}: {e}") from None
+
+
+def _module_tensors(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    state = getattr(obj, "_pickled_state", None)
+    if not isinstance(state, dict):
+        return
+    for key in ("_parameters", "_buffers"):
+        for name, value in (state.get(key) or {}).items():
+            if isinstance(value, torch.Tensor):
+                non_persistent = state.get("_non_persistent_buffers_set") or set()
+                if key == "_buffers" and name in non_persistent:
+                    continue
+                out[prefix + name] = value.detach()
+    for name, child in (state.get("_modules") or {}).items():
+        if child is not None:
+            _module_tensors(child, f"{prefix}{name}.", out)
+
+
+def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """A flat ``{name: tensor}`` from a state dict, a Lightning checkpoint, a real module or a
+    pickled module loaded by :func:`safe_load`."""
+    if isinstance(obj, torch.nn.Module):
+        return {k: v.detach() for k, v in obj.state_dict().items()}
+    if isinstance(obj, PickledObject):
+        out: dict[str, torch.Tensor] = {}
+        _module_tensors(obj, "", out)
+        if not out:
+            raise ValueError(f"pickled object {obj!r} holds no tensors")
+        return out
+    if isinstance(obj, dict):
+        if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            return extract_state_dict(obj["state_dict"])
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+    raise ValueError(f"cannot find a state dict in an object of type {type(obj).__name__}")
+
+
+def load_module_weights(module: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load weights saved by us (a state dict) or an official pickled module into ``module``.
+
+    Names are matched first; if the file uses other attribute names but the same architecture, the
+    tensors are matched in registration order and must agree in shape. Anything else is an error.
+    """
+    sd = extract_state_dict(safe_load(path))
+    own = module.state_dict()
+    if set(sd) == set(own):
+        for name, value in sd.items():
+            if tuple(value.shape) != tuple(own[name].shape):
+                raise ValueError(f"{path}: tensor '{name}' {tuple(value.shape)} does not fit "
+                                 f"{tuple(own[name].shape)} of {module.__class__.__name__}")
+        module.load_state_dict(sd, strict=True)
+        return
+    if len(sd) != len(own):
+        raise ValueError(f"{path}: {len(sd)} tensors, but {module.__class__.__name__} has {len(own)} "
+                         f"(first unknown key: {next(iter(set(sd) - set(own)), None)})")
+    mapped = {}
+    for (name, ref), (src_name, value) in zip(own.items(), sd.items()):
+        if tuple(ref.shape) != tuple(value.shape):
+            raise ValueError(f"{path}: tensor '{src_name}' {tuple(value.shape)} does not fit '{name}' "
+                             f"{tuple(ref.shape)} of {module.__class__.__name__}")
+        mapped[name] = value
+    module.load_state_dict(mapped, strict=True)
