@@ -121,17 +121,21 @@ def inject_dataset(config, opt) -> tuple[str | None, str | None]:
     if data is None:
         return None, None
     splits = [data.params[s] for s in ("train", "validation", "test") if s in data.get("params", {})]
-    category, defect = opt.category, opt.defect
-    root = None
+    cfg_category = cfg_defect = None
     for split in splits:
         params = split.get("params", {})
-        category = category or params.get("category")
-        defect = defect or params.get("defect")
+        cfg_category = cfg_category or params.get("category")
+        cfg_defect = cfg_defect or params.get("defect")
+    category, defect, root = opt.category, opt.defect, None
     if opt.mvtec_path:
         from ldm.data.layouts import resolve_mvtec_path
 
+        # the official form <root>/<category>/ground_truth/<defect>/ names them itself; only explicit
+        # flags may contradict it, config values are mere defaults
         resolved = resolve_mvtec_path(opt.mvtec_path, category=category, defect=defect)
-        root, category, defect = resolved[0], resolved[1], resolved[2]
+        root, category, defect = resolved[0], resolved[1] or category, resolved[2] or defect
+    category = category or cfg_category
+    defect = defect or cfg_defect
     for split in splits:
         if "params" not in split or split.params is None:
             split.params = {}
@@ -159,7 +163,8 @@ def configure_personalization(config, opt, category, defect) -> None:
         pc.params.names = [f"{category}+{defect}"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None):
+    """Parse ``argv``, build everything, train/test; returns ``(trainer, model)``."""
     from datetime import datetime
 
     parser = get_parser()
@@ -259,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         trainer.fit(model, data, ckpt_path=resume_ckpt)
     if not opt.no_test and not trainer.interrupted and _has_test(model, data):
         trainer.test(model, data)
+    return trainer, model
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(argv)
     return 0
 
 

@@ -110,16 +110,37 @@ class EmbeddingManager(nn.Module):
             return vec.unsqueeze(0).repeat(num_vectors_per_token, 1)
 
         words = list(initializer_words) if initializer_words else []
+        self._init_words: dict[str, str | None] = {}
         if self.per_name:
             init = init_vectors(words[0] if words else None)
             for name in _read_names(names):
                 self.string_to_param_dict[name] = nn.Parameter(init.clone())
                 self._initial[name] = init.detach().cpu().clone()
+                self._init_words[name] = words[0] if words else None
         else:
             for i, ph in enumerate(placeholder_strings):
                 init = init_vectors(words[i] if i < len(words) else None)
                 self.string_to_param_dict[ph] = nn.Parameter(init)
                 self._initial[ph] = init.detach().cpu().clone()
+                self._init_words[ph] = words[i] if i < len(words) else None
+
+    @torch.no_grad()
+    def reinitialize_from(self, embedder) -> None:
+        """Re-read the initial vectors from ``embedder``'s token embedding.
+
+        The manager is built with the model, before a pretrained checkpoint is loaded into the text
+        encoder; initialising from the loaded (not the random) embedding of the init word is the point.
+        """
+        tokenizer = _tokenizer_of(embedder)
+        weight = embedder.transformer.token_emb.weight
+        for key, word in self._init_words.items():
+            if word is None or key not in self.string_to_param_dict:
+                continue
+            param = self.string_to_param_dict[key]
+            tid = _single_token(tokenizer, word, "initializer word")
+            vec = weight[tid].detach().to(param.device, param.dtype)
+            param.copy_(vec.unsqueeze(0).expand_as(param))
+            self._initial[key] = param.detach().cpu().clone()
 
     # ------------------------------------------------------------------ forward
     def _vectors_for(self, placeholder: str, row: int, names) -> torch.Tensor:

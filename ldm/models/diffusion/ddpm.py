@@ -147,6 +147,10 @@ class DDPM(pl.LightningModule):
         if unexpected:
             print(f"Unexpected Keys: {_summarise_keys(unexpected)}")
         self._frozen_weights_source = str(path)
+        manager = getattr(self, "embedding_manager", None)
+        if manager is not None and not any(k.startswith("embedding_manager.") for k in sd):
+            manager.reinitialize_from(self.cond_stage_model)
+            print("Initialised the anomaly embeddings from the loaded text encoder")
         return missing, unexpected
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -327,7 +331,7 @@ class DDPM(pl.LightningModule):
 
         s = build_sampler(sampler, self.schedule, steps=steps, **kw)
         shape = (batch_size, self.channels, self.image_size, self.image_size)
-        return s.sample(self.denoiser(cond), shape, rng=rng)
+        return s.sample(self.denoiser(cond), shape, rng=rng, device=self.device)
 
     @torch.no_grad()
     def log_images(self, batch, N: int = 8, sample: bool = True, ddim_steps: int = 50, **kwargs):
@@ -407,7 +411,7 @@ class LatentDiffusion(DDPM):
             self.cond_stage_model = model if self.cond_stage_trainable else freeze(model)
 
     def get_first_stage_encoding(self, encoder_posterior, sample: bool = True):
-        if hasattr(encoder_posterior, "sample") and hasattr(encoder_posterior, "mode"):
+        if not torch.is_tensor(encoder_posterior) and hasattr(encoder_posterior, "sample"):
             z = encoder_posterior.sample() if sample else encoder_posterior.mode()
         elif isinstance(encoder_posterior, torch.Tensor):
             z = encoder_posterior
@@ -454,8 +458,8 @@ class LatentDiffusion(DDPM):
             return model.encode(c, embedding_manager=self.embedding_manager, names=names)
         if hasattr(model, "encode") and callable(model.encode):
             out = model.encode(c)
-            if hasattr(out, "mode") and callable(out.mode):
-                out = out.mode()
+            if not torch.is_tensor(out) and callable(getattr(out, "mode", None)):
+                out = out.mode()  # a posterior (first stage used as cond stage)
             return out
         return model(c)
 
@@ -571,7 +575,7 @@ class LatentDiffusion(DDPM):
         shape = latent_shape or (batch_size, self.channels, self.image_size, self.image_size)
         if cond is not None and not torch.is_tensor(cond):
             cond = self.get_learned_conditioning(cond)
-        return s.sample(self.denoiser(cond), shape, rng=rng)
+        return s.sample(self.denoiser(cond), shape, rng=rng, device=self.device)
 
     @torch.no_grad()
     def log_images(self, batch, N: int = 8, sample: bool = True, ddim_steps: int = 50, **kwargs):

@@ -165,7 +165,8 @@ class FAST(LatentDiffusion):
         if t_start is not None:
             x_T = guidance.prepare_x_T(tuple(z_bg.shape), rng, t_start=t_start, device=z_bg.device,
                                        dtype=z_bg.dtype)
-        z = sampler.sample(self.denoiser(c, m), tuple(z_bg.shape), rng=rng, guidance=guidance, x_T=x_T)
+        z = sampler.sample(self.denoiser(c, m), tuple(z_bg.shape), rng=rng, guidance=guidance, x_T=x_T,
+                           device=z_bg.device, dtype=z_bg.dtype)
         decoded = self.decode_first_stage(z).clamp(-1.0, 1.0)
         return paste(decoded, images, masks)
 

@@ -1,0 +1,36 @@
+"""DDIM (Song et al.) on LDM's grid, with LDM's sigma(eta); eta = 1 on the AIAS grid is exact AIAS."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..schedule import NoiseSchedule
+from .base import Sampler, Step
+from .grids import ddim_timesteps
+from .kernels import ddim_coefficients
+
+
+def descending_transitions(timesteps: Sequence[int], num_timesteps: int) -> list[tuple[int, int]]:
+    """(t_s, t_e) pairs over a grid, largest first. As in LDM the last step lands on c = 0
+    (alphas_cumprod[0], not clean data); a grid that already contains 0 ends on clean data (-1)."""
+    ts = sorted({int(t) for t in timesteps}, reverse=True)
+    if not ts or ts[-1] < 0 or ts[0] > num_timesteps - 1:
+        raise ValueError(f"timesteps must lie in [0, {num_timesteps - 1}], got {list(timesteps)}")
+    final = 0 if ts[-1] > 0 else -1
+    return list(zip(ts, ts[1:] + [final]))
+
+
+class DDIMSampler(Sampler):
+    def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0,
+                 timesteps: Sequence[int] | None = None, discretize: str = "uniform",
+                 clip_x0: float | None = None):
+        super().__init__(schedule, clip_x0=clip_x0)
+        self.eta = float(eta)
+        if timesteps is None:
+            timesteps = ddim_timesteps(schedule.num_timesteps, steps, discretize)
+        self.transitions = descending_transitions(timesteps, schedule.num_timesteps)
+        self.timesteps = [t_s for t_s, _ in self.transitions]
+        out = []
+        for t_s, t_e in self.transitions:
+            pi, sigma, var = ddim_coefficients(schedule, t_s, t_e, self.eta)
+            out.append(Step(t_s, t_e, pi, sigma, self._std(var)))
+        self.steps = out

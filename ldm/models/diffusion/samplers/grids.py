@@ -1,0 +1,65 @@
+"""Timestep grids (0-based LDM indices, descending unless stated)."""
+from __future__ import annotations
+
+import torch
+
+GRID_KINDS = ("uniform", "coarse_to_fine")
+
+
+def aias_boundaries(num_timesteps: int, segments: int, refine_steps: int = 2, kind: str = "uniform",
+                    t_start: int | None = None) -> list[int]:
+    """The K+1 descending AIAS segment boundaries t_start = b_0 > ... > b_K = refine_steps - 1.
+
+    ``uniform`` is the official FAST grid, ``linspace(T-1, R-1, K+1)`` truncated to integers
+    (999, 978, ..., 21, 1 for T=1000, K=48, R=2). ``coarse_to_fine`` spends more boundaries at small t,
+    where x0_hat changes fastest: every segment gets one step and the remaining steps are shared out
+    with quadratic spacing, b_k = lo + (K-k) + floor(extra * ((K-k)/K)^2). ``t_start`` < T-1 starts
+    from a partially noised latent (SDEdit / NDI style). With ``refine_steps = 0`` the last boundary
+    is -1, i.e. the last segment lands on the clean data.
+    """
+    segments, refine_steps = int(segments), int(refine_steps)
+    hi = num_timesteps - 1 if t_start is None else int(t_start)
+    lo = refine_steps - 1
+    if segments < 1:
+        raise ValueError(f"AIAS needs at least one segment, got {segments}")
+    if refine_steps < 0:
+        raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
+    if not (0 <= hi <= num_timesteps - 1):
+        raise ValueError(f"t_start must lie in [0, {num_timesteps - 1}], got {hi}")
+    if hi - lo < segments:
+        raise ValueError(f"{segments} segments do not fit between t={hi} and t={lo}")
+    if kind == "uniform":
+        b = torch.linspace(hi, lo, segments + 1, dtype=torch.float64).long().tolist()
+        if len(set(b)) != len(b):  # only possible for very short ranges after truncation
+            raise ValueError(f"uniform grid of {segments} segments over [{lo}, {hi}] repeats a timestep")
+        return b
+    if kind == "coarse_to_fine":
+        extra = hi - lo - segments
+        out = []
+        for k in range(segments + 1):
+            s = (segments - k) / segments
+            out.append(lo + (segments - k) + int(extra * s * s))
+        out[0] = hi  # guard against floating point in int(extra * 1.0)
+        return out
+    raise ValueError(f"unknown AIAS grid '{kind}' ({', '.join(GRID_KINDS)})")
+
+
+def ddim_timesteps(num_timesteps: int, steps: int, discretize: str = "uniform") -> list[int]:
+    """LDM's DDIM grid, ascending: ``range(0, T, T // S) + 1`` (1, 21, ..., 981 for S = 50).
+
+    ``quad`` is LDM's ``(linspace(0, sqrt(0.8 T), S) ** 2).astype(int) + 1``.
+    """
+    steps = int(steps)
+    if not (1 <= steps <= num_timesteps):
+        raise ValueError(f"DDIM steps must lie in [1, {num_timesteps}], got {steps}")
+    if discretize == "uniform":
+        stride = num_timesteps // steps
+        ts = [c + 1 for c in range(0, num_timesteps, stride)]
+    elif discretize == "quad":
+        root = torch.linspace(0, (num_timesteps * 0.8) ** 0.5, steps, dtype=torch.float64)
+        ts = [int(v) + 1 for v in (root ** 2).tolist()]
+    else:
+        raise ValueError(f"unknown ddim_discretize '{discretize}' (uniform, quad)")
+    # LDM's "+1" pushes T//S == 1 grids past the end; keep valid, strictly increasing indices only
+    ts = sorted({min(t, num_timesteps - 1) for t in ts})
+    return ts

@@ -1,0 +1,112 @@
+"""main.py end to end on CPU: train a tiny LDM, resume it, then train FAST on top of it."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import main as main_mod
+from ldm.data.texture_ad import build_texture_ad
+from tests.tiny_configs import fast_config, ldm_config
+
+
+@pytest.fixture(scope="module")
+def texture_root(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "texture-ad"
+    build_texture_ad(out, size=32, train_good=6, test_good=2, per_defect=6, textures=["brick"],
+                     defects=["scratch"])
+    return out
+
+
+def _write_config(path: Path, model: dict, train: dict, every_n: int = 2, max_steps: int = 4) -> Path:
+    cfg = {"model": model,
+           "data": {"target": "ldm.data.datamodule.DataModuleFromConfig",
+                    "params": {"batch_size": 2, "num_workers": 0, "train": train}},
+           "lightning": {"modelcheckpoint": {"params": {"every_n_train_steps": every_n}},
+                         "callbacks": {"image_logger": {"params": {"batch_frequency": 2, "max_images": 2,
+                                                                   "increase_log_steps": False,
+                                                                   "log_images_kwargs": {"ddim_steps": 3}}}},
+                         "trainer": {"max_steps": max_steps, "log_every_n_steps": 1, "num_sanity_val_steps": 0,
+                                     "enable_model_summary": False}}}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _normal_images(root):
+    return {"target": "ldm.data.anomaly.NormalImagesDataset",
+            "params": {"root": str(root), "size": 32, "include_anomalies": True, "repeats": 2}}
+
+
+@pytest.fixture(scope="module")
+def ldm_run(texture_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("run")
+    cfg = _write_config(work / "ldm.yaml", ldm_config(), _normal_images(texture_root))
+    logs = work / "logs"
+    trainer, model = main_mod.run(["--base", str(cfg), "-t", "-l", str(logs), "-lf", "ldm", "--gpus", "none"])
+    return work, logs / "ldm", trainer, model
+
+
+def test_training_writes_checkpoint_config_and_png_grid(ldm_run):
+    _, logdir, trainer, _ = ldm_run
+    assert trainer.global_step == 4
+    assert (logdir / "checkpoints" / "last.ckpt").is_file()
+    assert list((logdir / "configs").glob("*-project.yaml")) and list((logdir / "configs").glob("*-lightning.yaml"))
+    pngs = list((logdir / "images" / "train").glob("samples_gs-*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    ckpt = torch.load(logdir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4 and ckpt["optimizer_states"] and len(ckpt["state_dict"]) > 100
+
+
+def test_resume_restores_weights_optimizer_and_step(ldm_run):
+    _, logdir, _, _ = ldm_run
+    saved = torch.load(logdir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    trainer, model = main_mod.run(["-r", str(logdir), "-t", "--max_steps", "4", "--gpus", "none"])
+    assert trainer.global_step == 4
+    for k, v in model.state_dict().items():
+        if k in saved["state_dict"]:
+            assert torch.equal(v.cpu(), saved["state_dict"][k]), k
+    trainer, model = main_mod.run(["-r", str(logdir), "-t", "--max_steps", "6", "--gpus", "none"])
+    assert trainer.global_step == 6
+    state = trainer.optimizers[0].state
+    assert state and all(int(s["step"]) == 6 for s in state.values())
+
+
+def test_log_folder_never_doubles_logs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    opt = main_mod.get_parser().parse_args(["-lf", "logs/mvtec_fast/", "-b", "x.yaml"])
+    logdir, ckpt, base = main_mod.resolve_logdir(opt, "now")
+    assert logdir == os.path.join("logs", "mvtec_fast") and ckpt is None and base == ["x.yaml"]
+
+
+def test_cli_errors_name_the_problem(tmp_path):
+    with pytest.raises(SystemExit, match="config file not found: .*missing.yaml"):
+        main_mod.run(["--base", str(tmp_path / "missing.yaml")])
+    with pytest.raises(SystemExit, match="unrecognized arguments"):
+        main_mod.run(["--base", str(tmp_path / "x.yaml"), "--bogus"])
+    with pytest.raises(SystemExit, match="no checkpoint to resume"):
+        main_mod.run(["-r", str(tmp_path)])
+
+
+def test_fast_on_top_of_the_ldm_exports_official_artifacts(ldm_run, texture_root, capsys):
+    work, ldm_dir, _, ldm_model = ldm_run
+    train = {"target": "ldm.data.anomaly.AnomalyDataset",
+             "params": {"root": "unused", "category": "x", "defect": "y", "size": 32, "repeats": 4}}
+    model = fast_config(names=[])
+    model["params"]["personalization_config"]["params"].pop("names")
+    cfg = _write_config(work / "fast.yaml", model, train, every_n=2, max_steps=4)
+    mvtec_path = texture_root / "brick" / "ground_truth" / "scratch"
+    trainer, fast = main_mod.run(["--base", str(cfg), "-t", "-l", str(work / "logs"), "-lf", "fast",
+                                  "--actual_resume", str(ldm_dir / "checkpoints" / "last.ckpt"),
+                                  "--mvtec_path", str(mvtec_path) + "/", "--init_word", "scratch"])
+    out = capsys.readouterr().out
+    assert "Restored from" in out and "missing" in out
+    assert list(fast.embedding_manager.string_to_param_dict.keys()) == ["brick+scratch"]
+    ckdir = work / "logs" / "fast" / "checkpoints"
+    for name in ("embeddings_gs-2.pt", "embeddings_gs-4.pt", "FARM-2.pt", "FARM-4.pt", "fine-4.pt",
+                 "embeddings.pt", "last.ckpt"):
+        assert (ckdir / name).is_file(), name
+    # the frozen backbone is the LDM's, unchanged by FAST training
+    for k, v in ldm_model.state_dict().items():
+        if k.startswith("model.diffusion_model."):
+            assert torch.equal(fast.state_dict()[k].cpu(), v.cpu()), k
