@@ -1,0 +1,106 @@
+"""generate_with_mask.py: layout, exact background, determinism across batch sizes, resume, errors."""
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import generate_with_mask as gen
+from ldm.data.texture_ad import build_texture_ad
+from ldm.util import instantiate_from_config
+from tests.tiny_configs import fast_config
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    work = tmp_path_factory.mktemp("gen")
+    data = work / "texture-ad"
+    build_texture_ad(data, size=32, train_good=4, test_good=2, per_defect=6, textures=["brick"],
+                     defects=["scratch"])
+    torch.manual_seed(0)
+    cfg = fast_config(names=["brick+scratch"])
+    model = instantiate_from_config(cfg)
+    with torch.no_grad():  # a "pretrained" backbone: no zero-initialised output layers
+        for p in model.model.parameters():
+            if p.ndim > 1 and p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith(("FARM.", "fine.", "embedding_"))}
+    torch.save({"state_dict": backbone}, work / "backbone.ckpt")
+    ckdir = work / "run" / "checkpoints"
+    model.export_artifacts(ckdir, 5)
+    cfg["params"]["ckpt_path"] = str(work / "backbone.ckpt")
+    full = {"model": cfg, "data": {"target": "ldm.data.datamodule.DataModuleFromConfig",
+                                   "params": {"batch_size": 2, "train": {"target": "ldm.data.anomaly.AnomalyDataset",
+                                                                         "params": {"size": 32}}}}}
+    (work / "run" / "configs").mkdir(parents=True)
+    (work / "run" / "configs" / "now-project.yaml").write_text(yaml.safe_dump(full))
+    return work, data, ckdir
+
+
+def _args(work, data, ckdir, out, *extra):
+    return ["--data_root", str(data), "--sample_name", "brick", "--anomaly_name", "scratch", "--pt_path", str(ckdir),
+            "--mask_path", str(data / "brick" / "ground_truth" / "scratch"), "--outdir", str(out),
+            "--steps", "4", "--n_samples", "5", "--no_progress", "--device", "cpu", *extra]
+
+
+def _read(folder, sub, n):
+    return np.asarray(Image.open(folder / sub / f"{n}.png"))
+
+
+def test_layout_background_and_batch_size_determinism(setup, tmp_path):
+    work, data, ckdir = setup
+    gen.main(_args(work, data, ckdir, tmp_path / "a", "--batch_size", "1", "--weight_idx", "5"))
+    gen.main(_args(work, data, ckdir, tmp_path / "b", "--batch_size", "4"))
+    a, b = tmp_path / "a" / "brick" / "scratch", tmp_path / "b" / "brick" / "scratch"
+    assert (a / "contact_sheet.png").is_file()
+    for n in range(5):
+        img, mask, strip = _read(a, "image", n), _read(a, "mask", n), _read(a, "image-mask-ori", n)
+        assert img.shape == (32, 32, 3) and mask.shape == (32, 32) and strip.shape == (32, 96, 3)
+        assert set(np.unique(mask)) <= {0, 255} and mask.max() == 255
+        original = strip[:, 64:]
+        outside = mask == 0
+        assert np.array_equal(img[outside], original[outside])  # background copied exactly
+        assert not np.array_equal(img[~outside], original[~outside])  # something was synthesised inside
+        for sub in ("image", "mask", "image-mask-ori"):
+            assert np.array_equal(_read(a, sub, n), _read(b, sub, n)), (sub, n)
+    assert not [p for p in a.rglob(".*") if p.is_file()]  # no temp files left behind
+
+
+def test_resume_skips_finished_pairs_and_rewrites_deleted_ones(setup, tmp_path):
+    work, data, ckdir = setup
+    args = _args(work, data, ckdir, tmp_path, "--batch_size", "2")
+    gen.main(args)
+    root = tmp_path / "brick" / "scratch"
+    before = {n: _read(root, "image", n) for n in range(5)}
+    mtime = (root / "image" / "0.png").stat().st_mtime_ns
+    (root / "image" / "3.png").unlink()
+    (root / "image-mask-ori" / "4.png").unlink()
+    stats = gen.main(args)
+    assert stats["written"] == 2
+    assert (root / "image" / "0.png").stat().st_mtime_ns == mtime
+    for n in range(5):
+        assert np.array_equal(_read(root, "image", n), before[n])
+
+
+def test_other_settings_into_the_same_folder_are_refused(setup, tmp_path):
+    work, data, ckdir = setup
+    gen.main(_args(work, data, ckdir, tmp_path))
+    with pytest.raises(ValueError, match="other settings"):
+        gen.main(_args(work, data, ckdir, tmp_path, "--mask_source", "perlin"))
+
+
+def test_wrong_weight_idx_lists_available(setup, tmp_path):
+    work, data, ckdir = setup
+    with pytest.raises(SystemExit, match=r"--weight_idx 10000 not found .* available: \[5\]"):
+        gen.main(_args(work, data, ckdir, tmp_path, "--weight_idx", "10000"))
+
+
+def test_rank_split_has_no_duplicates(setup, tmp_path, monkeypatch):
+    work, data, ckdir = setup
+    written = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        written.append(gen.main(_args(work, data, ckdir, tmp_path))["written"])
+    assert written == [3, 2]
+    assert sorted(p.name for p in (tmp_path / "brick" / "scratch" / "image").iterdir()) == [f"{n}.png" for n in range(5)]
