@@ -261,4 +261,6 @@ def write_contact_sheet(writer, n_samples: int, make_grid, save_png, count: int 
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run_cli
+
+    sys.exit(run_cli("generate_with_mask.py", lambda: main() and 0))

