@@ -57,9 +57,9 @@ def sh(cmd: list[str], what: str) -> None:
 
 
 def last_step(ckpt: Path) -> int:
-    import torch
+    from utils.safe_load import safe_load
 
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", 0))
+    return int(safe_load(ckpt).get("global_step", 0))
 
 
 def train_stage(opt, name: str, config: str, steps: int, overrides: list[str]) -> Path:

@@ -167,3 +167,32 @@ def load_module_weights(module: torch.nn.Module, path: str | os.PathLike) -> Non
                              f"{tuple(ref.shape)} of {module.__class__.__name__}")
         mapped[name] = value
     module.load_state_dict(mapped, strict=True)
+
+
+def summarise_keys(keys, limit: int = 20) -> str:
+    keys = list(keys)
+    if len(keys) <= limit:
+        return str(keys)
+    return f"{keys[:limit]} … and {len(keys) - limit} more"
+
+
+def load_checkpoint_nonstrict(module: torch.nn.Module, path: str | os.PathLike, ignore_keys=(),
+                              strip_prefix: str | None = None) -> tuple[dict, list, list]:
+    """CompVis ``init_from_ckpt``: read ``path`` safely, drop ``ignore_keys`` prefixes, load non-strictly
+    and print the missing/unexpected summary. ``strip_prefix`` (e.g. ``first_stage_model.``) is removed
+    when none of the file's keys match the module but prefixed ones do (a full LDM checkpoint given to
+    its autoencoder). Returns ``(state_dict, missing, unexpected)``."""
+    sd = extract_state_dict(safe_load(path))
+    if strip_prefix and not set(module.state_dict()).intersection(sd) and any(k.startswith(strip_prefix) for k in sd):
+        sd = {k[len(strip_prefix):]: v for k, v in sd.items() if k.startswith(strip_prefix)}
+    for k in list(sd):
+        if any(k.startswith(ik) for ik in ignore_keys):
+            print(f"Deleting key {k} from state_dict.")
+            del sd[k]
+    missing, unexpected = module.load_state_dict(sd, strict=False)
+    print(f"Restored from {path} with {len(missing)} missing and {len(unexpected)} unexpected keys")
+    if missing:
+        print(f"Missing Keys: {summarise_keys(missing)}")
+    if unexpected:
+        print(f"Unexpected Keys: {summarise_keys(unexpected)}")
+    return sd, list(missing), list(unexpected)

@@ -39,33 +39,13 @@ class _FirstStageMixin:
     def init_from_ckpt(self, path: str, ignore_keys: Sequence[str] = ()) -> None:
         """Non-strict load of ``path`` (a Lightning ``.ckpt`` or a bare state dict).
 
-        Uses ``torch.load(weights_only=False)`` because Lightning checkpoints pickle non-tensor
-        objects: only pass paths the user trusts. A full LDM checkpoint also works: when none of its
-        keys match but ``first_stage_model.*`` ones do, that prefix is stripped.
+        Read without executing code from the file (``utils.safe_load``).
         """
         if not os.path.isfile(path):
             raise FileNotFoundError(f"first-stage checkpoint not found: {path}")
-        sd = torch.load(path, map_location="cpu", weights_only=False)
-        if isinstance(sd, dict) and "state_dict" in sd:
-            sd = sd["state_dict"]
-        if not isinstance(sd, dict):
-            raise ValueError(f"checkpoint {path} does not hold a state dict")
-        own = set(self.state_dict().keys())
-        prefix = "first_stage_model."
-        if not own.intersection(sd) and any(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        for k in list(sd.keys()):
-            for ik in ignore_keys:
-                if k.startswith(ik):
-                    print(f"Deleting key {k} from state_dict.")
-                    del sd[k]
-                    break
-        missing, unexpected = self.load_state_dict(sd, strict=False)
-        print(f"Restored from {path} with {len(missing)} missing and {len(unexpected)} unexpected keys")
-        if missing:
-            print(f"Missing Keys: {missing}")
-        if unexpected:
-            print(f"Unexpected Keys: {unexpected}")
+        from utils.safe_load import load_checkpoint_nonstrict
+
+        load_checkpoint_nonstrict(self, path, ignore_keys, strip_prefix="first_stage_model.")
 
     def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
         """Project a segmentation-like C-channel input to 3 channels in [-1, 1] for logging."""

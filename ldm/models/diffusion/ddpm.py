@@ -132,20 +132,10 @@ class DDPM(pl.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def init_from_ckpt(self, path: str, ignore_keys: Iterable[str] = (), only_model: bool = False):
         """Non-strict load of a CompVis-style checkpoint; prints what was missing / unexpected."""
-        from utils.safe_load import extract_state_dict, safe_load
+        from utils.safe_load import load_checkpoint_nonstrict
 
-        sd = extract_state_dict(safe_load(path))
-        for k in list(sd):
-            if any(k.startswith(ik) for ik in ignore_keys):
-                print(f"Deleting key {k} from state_dict.")
-                del sd[k]
         target = self.model if only_model else self
-        missing, unexpected = target.load_state_dict(sd, strict=False)
-        print(f"Restored from {path} with {len(missing)} missing and {len(unexpected)} unexpected keys")
-        if missing:
-            print(f"Missing Keys: {_summarise_keys(missing)}")
-        if unexpected:
-            print(f"Unexpected Keys: {_summarise_keys(unexpected)}")
+        sd, missing, unexpected = load_checkpoint_nonstrict(target, path, ignore_keys)
         self._frozen_weights_source = str(path)
         manager = getattr(self, "embedding_manager", None)
         if manager is not None and not any(k.startswith("embedding_manager.") for k in sd):
@@ -599,10 +589,3 @@ def _batch_size(batch) -> int:
         if isinstance(v, (list, tuple)):
             return len(v)
     return 1
-
-
-def _summarise_keys(keys, limit: int = 20) -> str:
-    keys = list(keys)
-    if len(keys) <= limit:
-        return str(keys)
-    return f"{keys[:limit]} … and {len(keys) - limit} more"
