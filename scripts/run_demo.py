@@ -30,7 +30,8 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="everything the demo writes goes here")
     p.add_argument("--category", default="brick", help="texture-ad category (brick, grass, gravel)")
-    p.add_argument("--defects", default="scratch,stain,crack,hole", help="defect types to synthesise")
+    p.add_argument("--defects", default="scratch,stain,crack,hole",
+                   help="defect types to synthesise (the comparison needs all of the category's types)")
     p.add_argument("--n_samples", type=int, default=500, help="pairs per defect type")
     p.add_argument("--ae_steps", type=int, default=600)
     p.add_argument("--ldm_steps", type=int, default=2000)
@@ -43,7 +44,6 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def quick(opt) -> None:
-    opt.defects = ",".join(opt.defects.split(",")[:2])
     opt.n_samples, opt.ae_steps, opt.ldm_steps, opt.fast_steps, opt.seg_steps = 40, 60, 150, 60, 60
 
 
@@ -115,9 +115,9 @@ def main(argv=None) -> int:
 
     compare = out / "comparison"
     sh([sys.executable, "scripts/compare_synthesizers.py", "--dataset_root", str(data), "--layout", "mvtec",
-        "--categories", opt.category, "--defects", ",".join(defects),
-        "--synthesizers", "fast,draem,cutpaste,normal", "--fast_dir", str(gen_dir),
-        "--n_samples", str(opt.n_samples), "--steps", str(opt.seg_steps), "--out", str(compare)],
+        "--categories", opt.category, "--synthesizers", "fast,draem,cutpaste,normal", "--fast_dir", str(gen_dir),
+        "--mask_source", "real", "--size", "64", "--n_samples", str(opt.n_samples),
+        "--steps", str(opt.seg_steps), "--out", str(compare)],
        "compare synthesizers")
 
     print(f"\nDemo finished in {(time.time() - t0) / 60:.1f} min. Look at:")

@@ -1,0 +1,309 @@
+#!/usr/bin/env python
+"""Compare anomaly synthesizers by the segmenter they produce: same segmenter, same budget, same test set.
+
+For every category and synthesizer: write (or reuse) image–mask pairs, train the same segmenter for
+the same fixed number of steps on those pairs mixed 50/50 with the category's normal images, and
+score it on real held-out anomalies (evaluation side of the per-defect split) + test/good.  Writes
+``results.json``, ``results.md``, ``bars.png`` and contact sheets (``sheets/<category>/...``).
+
+Synthesizers: ``fast`` (pre-generated pairs from ``--fast_dir``, layout of generate_with_mask.py;
+skipped with a message if absent), ``draem``, ``cutpaste``, ``normal`` (baselines generated here).
+With ``--layout texture_ad`` and a missing ``--dataset_root`` the embedded dataset is built first.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ldm.data.layouts import index_category, list_categories  # noqa: E402
+from ldm.segmentation.data import EVAL_SET_DESCRIPTION, EvaluationSet, scan_pairs  # noqa: E402
+from ldm.segmentation.train import fit_and_evaluate  # noqa: E402
+from ldm.synthesizers import METHODS  # noqa: E402
+from ldm.synthesizers.common import synthesize_baseline  # noqa: E402
+from ldm.synthesizers.cutpaste import VARIANTS  # noqa: E402
+from ldm.synthesizers.quality import folder_quality, split_strip  # noqa: E402
+from scripts.train_segmenter import add_training_args, training_setup  # noqa: E402
+from utils.atomic import write_text_atomic  # noqa: E402
+from utils.contact_sheet import prediction_sheet, save_rows  # noqa: E402
+from utils.metrics import METRIC_KEYS, METRIC_LABELS, jsonable, mean_over  # noqa: E402
+from utils.plots import bar_chart, stack_vertical  # noqa: E402
+
+KNOWN = ("fast",) + METHODS
+QUALITY_KEYS = ("bg_mae", "bg_psnr", "inside_diff", "ring_diff", "saliency", "diversity_image",
+                "diversity_residual", "mask_area")
+CHART_KEYS = ("iou_anomaly", "acc_anomaly", "pixel_ap")
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def fmt(v, scale: float = 100.0, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v * scale:.{digits}f}"
+
+
+def is_texture_ad(layout: str) -> bool:
+    return layout.replace("-", "_").lower() == "texture_ad"
+
+
+def ensure_dataset(a) -> None:
+    """Build texture-AD at ``--dataset_root`` when asked for that layout and it is missing."""
+    root = Path(a.dataset_root)
+    if root.is_dir() and any(root.iterdir()):
+        return
+    if not is_texture_ad(a.layout):
+        raise FileNotFoundError(f"--dataset_root not found or empty: {root}")
+    from ldm.data.texture_ad import build_texture_ad
+
+    log(f"building the embedded texture-AD dataset at {root} ...")
+    build_texture_ad(root, verbose=True)
+
+
+def baseline_pairs(method: str, a, index, pairs_root: Path) -> tuple[list, str]:
+    """Generate (resumably) ``--n_samples`` pairs per defect type of ``index``; returns (records, mask note)."""
+    kwargs, kind = {}, a.mask_source
+    if method == "draem":
+        kind = "perlin" if a.mask_source == "native" else a.mask_source
+        if a.texture_dir:
+            kwargs["texture_dir"] = a.texture_dir
+    elif method == "cutpaste":
+        kwargs["variant"] = a.cutpaste_variant if a.mask_source == "native" else "mask"
+        kind = "perlin" if a.mask_source == "native" else a.mask_source
+    else:
+        kind = "perlin"                                               # unused by the normal-only baseline
+    note = ""
+    for defect in (index.defects or ["perlin"]):
+        stats = synthesize_baseline(method, pairs_root, index.train_good, index.category, defect, a.n_samples,
+                                    kind, a.size, a.seed, a.layout, a.dataset_root, a.split,
+                                    progress=not a.quiet, **kwargs)
+        note = stats["mask_source"]
+    return scan_pairs(pairs_root, index.category), note
+
+
+def fingerprint(records, a, synth: str, category: str) -> str:
+    keys = ("arch", "segformer_dir", "base_channels", "size", "steps", "batch_size", "lr", "loss", "normal_ratio",
+            "val_fraction", "val_every", "split", "seed", "examples")
+    doc = {"synth": synth, "category": category, "train": {k: getattr(a, k) for k in keys},
+           "pairs": [str(r.image) for r in records]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def pairs_preview(records, path: Path, n: int = 4) -> None:
+    """Contact sheet of a few training pairs (generated | mask | original) as written by the synthesizer."""
+    from ldm.data.io import load_image_uint8
+
+    rows, labels = [], []
+    step = max(1, len(records) // n)
+    for r in records[::step][:n]:
+        strip = r.image.parent.parent / "image-mask-ori" / r.image.name
+        if strip.is_file():
+            g, m, o = split_strip(load_image_uint8(strip))
+            rows.append([g, m, o])
+        else:
+            from ldm.data.io import load_mask
+            rows.append([load_image_uint8(r.image), load_mask(r.mask)])
+        labels.append(f"{r.anomaly}/{r.image.stem}")
+    if rows:
+        save_rows(rows, path, headers=("generated", "mask", "original"), row_labels=labels)
+
+
+def run(a) -> int:
+    synths = [s.strip() for s in a.synthesizers.split(",") if s.strip()]
+    bad = [s for s in synths if s not in KNOWN]
+    if bad or not synths:
+        raise ValueError(f"--synthesizers: unknown {', '.join(bad) or '(none given)'}; known: {', '.join(KNOWN)}")
+    ensure_dataset(a)
+    available = list_categories(a.layout, a.dataset_root)
+    cats = [c.strip() for c in a.categories.split(",")] if a.categories else available
+    for c in cats:
+        if c not in available:
+            raise ValueError(f"--categories: unknown category '{c}' under {a.dataset_root}; "
+                             f"available: {', '.join(available)}")
+    cfg, arch_kwargs = training_setup(a)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {s: {} for s in synths}
+    quality: dict = {s: {} for s in synths}
+    skipped: dict = {}
+    notes: dict = {}
+    timings: dict = {}
+    test_sets: dict = {}
+    t_all = time.perf_counter()
+    for cat in cats:
+        index = index_category(a.layout, a.dataset_root, cat)
+        eval_set = EvaluationSet(index, a.size, a.split)
+        test_sets[cat] = {"description": eval_set.description, "n_images": len(eval_set),
+                          "n_anomalous": sum(eval_set.labels)}
+        for synth in synths:
+            t0 = time.perf_counter()
+            if synth == "fast":
+                src = Path(a.fast_dir) / cat if a.fast_dir else None
+                if src is None or not src.is_dir():
+                    why = ("no --fast_dir given" if src is None else f"{src} not found") + \
+                          " (generate FAST pairs with generate_with_mask.py and pass --fast_dir)"
+                    log(f"[{cat}] fast: skipped: {why}")
+                    skipped.setdefault("fast", {})[cat] = why
+                    continue
+                records, notes["fast"] = scan_pairs(src, cat), "pre-generated (generate_with_mask.py)"
+                pairs_root = Path(a.fast_dir)
+                if not records:
+                    why = f"no pairs under {src}"
+                    log(f"[{cat}] fast: skipped: {why}")
+                    skipped.setdefault("fast", {})[cat] = why
+                    continue
+            else:
+                # one folder per settings family, so changing --mask_source/--size never resumes stale pairs
+                pairs_root = out / "pairs" / f"{synth}_{a.mask_source}_{a.size}px"
+                records, notes[synth] = baseline_pairs(synth, a, index, pairs_root)
+            t_gen = time.perf_counter() - t0
+            sheet_dir = out / "sheets" / cat
+            run_dir = out / "runs" / synth / cat
+            fp = fingerprint(records, a, synth, cat)
+            cached = run_dir / "result.json"
+            prev = json.loads(cached.read_text()) if cached.is_file() else None
+            if prev and prev.get("fingerprint") == fp:
+                log(f"[{cat}] {synth}: reusing finished run {cached}")
+                metrics, t_train = prev["metrics"], prev["train_seconds"]
+                metrics = {k: (math.nan if v is None else v) for k, v in metrics.items()}
+            else:
+                log(f"[{cat}] {synth}: training {a.arch} on {len(records)} pairs + {len(index.train_good)} "
+                    f"normals for {a.steps} steps")
+                res = fit_and_evaluate(records, index.train_good, eval_set, cfg, a.arch, a.size, a.val_fraction,
+                                       a.normal_ratio, run_dir / "segmenter.ckpt", arch_kwargs,
+                                       n_examples=a.examples, progress=not a.quiet)
+                metrics, t_train = res["metrics"], res["train"]["seconds"]
+                if res["examples"]:
+                    prediction_sheet(res["examples"], sheet_dir / f"{synth}.png",
+                                     title=f"{cat} / segmenter trained on {synth} pairs; test: {eval_set.description}")
+                pairs_preview(records, sheet_dir / f"pairs_{synth}.png")
+                write_text_atomic(cached, json.dumps(jsonable({
+                    "fingerprint": fp, "metrics": metrics, "train_seconds": t_train,
+                    "synthetic_validation": res["train"]["val"], "n_train_pairs": res["n_pairs"]}), indent=1) + "\n")
+            results[synth][cat] = metrics
+            defects = sorted({r.anomaly for r in records})
+            q = [folder_quality(Path(pairs_root) / cat / d) for d in defects
+                 if (Path(pairs_root) / cat / d / "image-mask-ori").is_dir()]
+            quality[synth][cat] = mean_over(q, QUALITY_KEYS) if q else {}
+            timings.setdefault(synth, {})[cat] = {"generate_s": t_gen, "train_s": t_train}
+            log(f"[{cat}] {synth}: anomaly IoU {fmt(metrics['iou_anomaly'])} | anomaly Acc "
+                f"{fmt(metrics['acc_anomaly'])} | pixel AP {fmt(metrics['pixel_ap'])} | AUPRO "
+                f"{fmt(metrics['aupro_0.3'])}   [test set: {eval_set.description}]")
+    for s in synths:
+        if results[s]:
+            results[s]["mean"] = {k: v for k, v in mean_over(results[s].values()).items()}
+    done = [s for s in synths if results[s]]
+    doc = {
+        "test_set": EVAL_SET_DESCRIPTION if a.split != "all" else
+        "real anomalies NOT held out (split 'all') + test/good",
+        "test_sets": test_sets,
+        "protocol": {"segmenter": a.arch, "steps": a.steps, "batch_size": a.batch_size, "size": a.size,
+                     "lr": a.lr, "loss": a.loss, "normal_ratio": a.normal_ratio, "seed": a.seed,
+                     "pairs_per_defect": a.n_samples, "mask_source": a.mask_source, "split": a.split,
+                     "model_selection": "none (fixed schedule)" if a.val_fraction <= 0 else
+                     "weights of best anomaly IoU on a synthetic validation split (never the test set)",
+                     "dataset_root": str(a.dataset_root), "layout": a.layout, "categories": cats},
+        "metric_labels": METRIC_LABELS,
+        "synthesizers": done, "mask_sources": notes, "results": results, "quality": quality,
+        "skipped": skipped, "timings": timings, "total_seconds": time.perf_counter() - t_all,
+    }
+    write_text_atomic(out / "results.json", json.dumps(jsonable(doc), indent=1) + "\n")
+    write_text_atomic(out / "results.md", markdown(doc, cats))
+    if done:
+        charts = []
+        for k in CHART_KEYS:
+            path = out / f".bars_{k}.png"
+            bar_chart(cats + ["mean"], {s: [results[s].get(c, {}).get(k, math.nan) for c in cats + ["mean"]]
+                                        for s in done}, path, title=f"{METRIC_LABELS[k]}, % (test: real held-out anomalies + test/good)",
+                      ymax=100.0)
+            charts.append(path)
+        stack_vertical(charts, out / "bars.png")
+        for c in charts:
+            c.unlink()
+    log(f"test set for every number above: {doc['test_set']}")
+    log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bars.png'} and {out / 'sheets'}/ "
+        f"in {doc['total_seconds']:.0f} s")
+    return 0
+
+
+def markdown(doc: dict, cats: list[str]) -> str:
+    synths, res, pr = doc["synthesizers"], doc["results"], doc["protocol"]
+    lines = ["# Synthesizer comparison", "",
+             f"**Test set (every number): {doc['test_set']}.** Never used for training or model selection.", "",
+             f"Segmenter `{pr['segmenter']}`, {pr['steps']} steps × batch {pr['batch_size']} at {pr['size']} px, "
+             f"lr {pr['lr']}, {pr['loss']} loss, {int(pr['normal_ratio'] * 100)} % normal samples, seed {pr['seed']}; "
+             f"{pr['pairs_per_defect']} pairs per defect type; split `{pr['split']}`; model selection: "
+             f"{pr['model_selection']}.", "",
+             "Mask sources: " + ", ".join(f"{s}: {doc['mask_sources'].get(s, '?')}" for s in synths) + ".", ""]
+    if not synths:
+        return "\n".join(lines + ["No synthesizer produced results."]) + "\n"
+    lines += ["## Anomaly IoU / anomaly Acc (%), FAST's \"mIoU / Acc\"", "",
+              "| category | " + " | ".join(synths) + " |", "|---|" + "---|" * len(synths)]
+    for c in cats + ["mean"]:
+        cells = [f"{fmt(res[s].get(c, {}).get('iou_anomaly'))} / {fmt(res[s].get(c, {}).get('acc_anomaly'))}"
+                 if c in res[s] else "skipped" for s in synths]
+        name = f"**{c}**" if c == "mean" else c
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## All metrics, mean over categories (%)", "",
+              "| metric | " + " | ".join(synths) + " |", "|---|" + "---|" * len(synths)]
+    for k in METRIC_KEYS:
+        lines.append(f"| {METRIC_LABELS[k]} | " + " | ".join(fmt(res[s]["mean"].get(k)) for s in synths) + " |")
+    lines += ["", "NaN/undefined values are shown as n/a (see `utils/metrics.py` for the conventions); "
+                  "category means skip them.", "",
+              "## Generation quality (no segmenter; mean over categories and defect folders)", "",
+              "| synthesizer | bg MAE | bg PSNR (dB) | inside diff | ring diff | saliency | diversity (image) | "
+              "diversity (residual) |", "|---|---|---|---|---|---|---|---|"]
+    for s in synths:
+        q = mean_over(doc["quality"][s].values(), QUALITY_KEYS)
+        lines.append(f"| {s} | {fmt(q['bg_mae'], 1, 4)} | {fmt(q['bg_psnr'], 1, 1)} | {fmt(q['inside_diff'], 1, 3)} | "
+                     f"{fmt(q['ring_diff'], 1, 3)} | {fmt(q['saliency'], 1, 3)} | {fmt(q['diversity_image'], 1, 3)} | "
+                     f"{fmt(q['diversity_residual'], 1, 3)} |")
+    if doc["skipped"]:
+        lines += ["", "## Skipped", ""]
+        for s, per in doc["skipped"].items():
+            for c, why in per.items():
+                lines.append(f"- {s} / {c}: {why}")
+    lines += ["", "Pictures: `bars.png`; `sheets/<category>/<synthesizer>.png` (test image | GT | probability | "
+                  "prediction) and `sheets/<category>/pairs_<synthesizer>.png` (training pairs).", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset_root", default="data/texture-ad", help="dataset root (default data/texture-ad)")
+    p.add_argument("--layout", default="texture_ad", help="mvtec, btad, visa, folder or texture_ad (default)")
+    p.add_argument("--categories", default=None, help="comma-separated (default: all)")
+    p.add_argument("--synthesizers", default="fast,draem,cutpaste,normal", help=f"comma-separated from {', '.join(KNOWN)}")
+    p.add_argument("--fast_dir", default=None, help="pre-generated FAST pairs: <fast_dir>/<category>/<defect>/image/...")
+    p.add_argument("--n_samples", type=int, default=500, help="baseline pairs per defect type (default 500)")
+    p.add_argument("--mask_source", default="native", choices=("native", "perlin", "real", "augmented"),
+                   help="native: DRAEM Perlin masks, CutPaste its own boxes; otherwise the same source for both")
+    p.add_argument("--texture_dir", default=None, help="DRAEM anomaly sources (default: scikit-image CC0 photos)")
+    p.add_argument("--cutpaste_variant", default="patch_scar", choices=VARIANTS)
+    p.add_argument("--examples", type=int, default=4, help="test images per contact sheet (default 4)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_training_args(p)
+    p.set_defaults(size=None)
+    a = p.parse_args(argv)
+    if a.size is None:
+        a.size = 128 if is_texture_ad(a.layout) else 256
+    try:
+        if a.n_samples < 1:
+            raise ValueError(f"--n_samples must be >= 1, got {a.n_samples}")
+        return run(a)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Segmenter data, training and evaluation end to end on a tiny tree; compare script outputs."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ldm.data.layouts import index_category, split_anomalies
+from ldm.segmentation import build_segmenter, load_segmenter
+from ldm.segmentation.data import EvaluationSet, MixedTrainSet, scan_pairs, split_validation
+from ldm.segmentation.evaluate import evaluate_segmenter, predict_probs
+from ldm.segmentation.train import TrainConfig, ce_dice_loss, fit_and_evaluate, focal_loss
+from ldm.synthesizers.common import synthesize_baseline
+from utils.metrics import METRIC_KEYS
+
+SIZE = 32
+TINY = ["--size", str(SIZE), "--steps", "2", "--batch_size", "2", "--base_channels", "4", "--threads", "1", "--device", "cpu"]
+
+
+def make_mvtec_tree(root, categories=("widget", "gadget"), defects=("bump", "dent"), n_train=4, n_good=2,
+                    n_defect=3, size=SIZE):
+    """A tiny MVTec-layout tree with smooth random images and rectangular defects."""
+    rng = np.random.default_rng(0)
+    for cat in categories:
+        def img():
+            return np.clip(rng.integers(60, 200, size=3) + rng.integers(-20, 21, size=(size, size, 3)), 0, 255
+                           ).astype(np.uint8)
+
+        for sub, n in (("train/good", n_train), ("test/good", n_good)):
+            (root / cat / sub).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(img()).save(root / cat / sub / f"{i:03d}.png")
+        for d in defects:
+            (root / cat / "test" / d).mkdir(parents=True)
+            (root / cat / "ground_truth" / d).mkdir(parents=True)
+            for i in range(n_defect):
+                a = img()
+                m = np.zeros((size, size), np.uint8)
+                y, x = rng.integers(2, size // 2, size=2)
+                m[y:y + size // 4, x:x + size // 4] = 255
+                a[m > 0] = (250, 20, 20)
+                Image.fromarray(a).save(root / cat / "test" / d / f"{i:03d}.png")
+                Image.fromarray(m).save(root / cat / "ground_truth" / d / f"{i:03d}_mask.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Dataset tree + DRAEM pairs for both categories (built once for this module)."""
+    base = tmp_path_factory.mktemp("world")
+    tree = make_mvtec_tree(base / "data")
+    pairs = base / "pairs"
+    for cat in ("widget", "gadget"):
+        idx = index_category("mvtec", tree, cat)
+        for d in idx.defects:
+            synthesize_baseline("draem", pairs, idx.train_good, cat, d, 3, "perlin", SIZE, progress=False)
+    return tree, pairs
+
+
+def test_scan_pairs_accepts_three_levels(world):
+    _, pairs = world
+    everything = scan_pairs(pairs)
+    assert len(everything) == 12
+    assert len(scan_pairs(pairs, "widget")) == 6
+    assert len(scan_pairs(pairs / "widget")) == 6
+    one = scan_pairs(pairs / "widget" / "bump")
+    assert len(one) == 3 and {r.sample for r in one} == {"widget"} and {r.anomaly for r in one} == {"bump"}
+
+
+def test_scan_pairs_missing_mask(tmp_path):
+    (tmp_path / "c" / "d" / "image").mkdir(parents=True)
+    (tmp_path / "c" / "d" / "mask").mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "c" / "d" / "image" / "0.png")
+    with pytest.raises(FileNotFoundError, match="without mask"):
+        scan_pairs(tmp_path)
+
+
+def test_mixed_train_set(world):
+    tree, pairs = world
+    idx = index_category("mvtec", tree, "widget")
+    recs = scan_pairs(pairs, "widget")
+    ds = MixedTrainSet(recs, idx.train_good, SIZE, length=40, seed=3)
+    a, b = ds[5], MixedTrainSet(recs, idx.train_good, SIZE, length=40, seed=3)[5]
+    assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["mask"], b["mask"])
+    frac = np.mean([ds[i]["synthetic"] for i in range(40)])
+    assert 0.2 < frac < 0.8
+    normals = MixedTrainSet(recs, idx.train_good, SIZE, length=5, normal_ratio=1.0)
+    assert all(not normals[i]["synthetic"] and not normals[i]["mask"].any() for i in range(5))
+    synth = MixedTrainSet(recs, idx.train_good, SIZE, length=5, normal_ratio=0.0)
+    assert all(synth[i]["synthetic"] and synth[i]["mask"].any() for i in range(5))
+    with pytest.raises(ValueError, match="no synthetic pairs"):
+        MixedTrainSet([], idx.train_good, SIZE)
+
+
+def test_evaluation_set_is_held_out_side(world):
+    tree, _ = world
+    idx = index_category("mvtec", tree, "widget")
+    ev = EvaluationSet(idx, SIZE, "third")
+    expected = [s.image for d in idx.defects for s in split_anomalies(idx.samples(d), "third")[1]]
+    assert [p for p, _, _ in ev.items[:len(expected)]] == expected
+    assert len(ev) == len(expected) + len(idx.test_good) and sum(ev.labels) == len(expected)
+    assert "real held-out anomalies (evaluation side of the split" in ev.description
+    item = ev[len(ev) - 1]
+    assert item["label"] == 0 and not item["mask"].any()
+
+
+def test_split_validation():
+    recs = list(range(10))
+    tr, va = split_validation(recs, 0.2, seed=1)
+    assert len(va) == 2 and sorted(tr + va) == recs and split_validation(recs, 0.2, seed=1) == (tr, va)
+    assert split_validation(recs, 0.0) == (recs, [])
+
+
+def test_losses():
+    logits = torch.randn(2, 2, 5, 5)
+    target = torch.randint(0, 2, (2, 5, 5))
+    assert torch.allclose(focal_loss(logits, target, gamma=0.0), torch.nn.functional.cross_entropy(logits, target))
+    assert focal_loss(logits, target, 2.0) < focal_loss(logits, target, 0.0)
+    assert ce_dice_loss(logits, target) > 0
+
+
+def test_unet_shapes():
+    model = build_segmenter("unet", base_channels=4)
+    x = torch.rand(2, 3, 40, 36) * 2 - 1
+    y = model(x)
+    assert y.shape == (2, 2, 40, 36)
+    y.mean().backward()
+    p = predict_probs(model.eval(), x)
+    assert p.shape == (2, 40, 36) and float(p.min()) >= 0 and float(p.max()) <= 1
+
+
+def test_end_to_end_train_evaluate_checkpoint(world, tmp_path, capsys):
+    tree, pairs = world
+    from scripts.train_segmenter import main
+
+    out = tmp_path / "run"
+    assert main(["--pairs", str(pairs), "--dataset_root", str(tree), "--category", "widget", "--out", str(out),
+                 "--val_fraction", "0.2", "--examples", "2", *TINY]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(doc["metrics"])
+    assert "real held-out anomalies" in doc["test_set"] and doc["n_val_pairs"] == 1
+    assert (out / "predictions.png").is_file() and (out / "segmenter.last.ckpt").is_file()
+    assert "real held-out anomalies" in capsys.readouterr().out
+    # the checkpoint rebuilds the same network and gives the same numbers
+    model, ckpt = load_segmenter(out / "segmenter.ckpt")
+    ev = EvaluationSet(index_category("mvtec", tree, "widget"), SIZE)
+    again = evaluate_segmenter(model, ev, device="cpu", progress=False)
+    for k in METRIC_KEYS:
+        v = doc["metrics"][k]
+        assert (v is None and math.isnan(again[k])) or again[k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_segformer_from_config_and_checkpoint_spec(tmp_path):
+    from ldm.segmentation import segmenter_spec
+
+    model = build_segmenter("segformer-tiny")
+    x = torch.rand(1, 3, 36, 44) * 2 - 1
+    y = model(x)
+    assert y.shape == (1, 2, 36, 44)
+    y.mean().backward()
+    spec = segmenter_spec(model, "segformer-tiny")
+    again = build_segmenter(spec["arch"], spec["num_classes"], **spec["kwargs"])   # rebuilt from the stored config
+    again.load_state_dict(model.state_dict())
+    assert torch.allclose(again.eval()(x), model.eval()(x), atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        build_segmenter("segformer-b0", pretrained_dir="/nonexistent")
+    # user-provided local weights (a save_pretrained folder with another head size) load offline
+    from ldm.segmentation.segformer import segformer_config
+    from transformers import SegformerForSemanticSegmentation
+
+    SegformerForSemanticSegmentation(segformer_config("tiny", num_labels=5)).save_pretrained(tmp_path / "w")
+    local = build_segmenter("segformer-b0", pretrained_dir=str(tmp_path / "w"))
+    assert local(x).shape == (1, 2, 36, 44)
+
+
+def test_train_segmenter_errors(world, tmp_path, capsys):
+    tree, pairs = world
+    from scripts.train_segmenter import main
+
+    assert main(["--pairs", str(tmp_path / "none"), "--dataset_root", str(tree), "--category", "widget",
+                 "--out", str(tmp_path), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "none" in err and "\n" not in err
+    assert main(["--pairs", str(pairs), "--dataset_root", str(tree), "--category", "widget", "--out", str(tmp_path),
+                 "--segformer_dir", str(tmp_path), "--arch", "segformer-tiny", *TINY[:-2]]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_compare_synthesizers_tiny(world, tmp_path, capsys):
+    tree, pairs = world
+    from scripts.compare_synthesizers import main
+
+    fast_dir = tmp_path / "fast"                                     # FAST pairs for one category only
+    for r in scan_pairs(pairs, "widget"):
+        for sub in ("image", "mask", "image-mask-ori"):
+            dst = fast_dir / "widget" / r.anomaly / sub / r.image.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes((r.image.parent.parent / sub / r.image.name).read_bytes())
+    out = tmp_path / "cmp"
+    assert main(["--dataset_root", str(tree), "--layout", "mvtec", "--synthesizers", "fast,draem,cutpaste,normal",
+                 "--fast_dir", str(fast_dir), "--n_samples", "2", "--out", str(out), "--examples", "2", "--quiet",
+                 *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "fast: skipped" in printed and "real held-out anomalies (evaluation side of the split)" in printed
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["synthesizers"] == ["fast", "draem", "cutpaste", "normal"]
+    for s in ("draem", "cutpaste", "normal"):
+        for cat in ("gadget", "widget", "mean"):
+            assert set(METRIC_KEYS) <= set(doc["results"][s][cat]), (s, cat)
+    assert set(doc["results"]["fast"]) == {"widget", "mean"} and "gadget" in doc["skipped"]["fast"]
+    md = (out / "results.md").read_text()
+    assert "real held-out anomalies" in md and "| **mean** |" in md
+    assert (out / "bars.png").is_file()
+    for s in ("fast", "draem", "cutpaste", "normal"):
+        assert (out / "sheets" / "widget" / f"{s}.png").is_file()
+    assert main(["--dataset_root", str(tree), "--layout", "mvtec", "--synthesizers", "draem,gan",
+                 "--out", str(out), *TINY]) == 2
+    assert "gan" in capsys.readouterr().err
