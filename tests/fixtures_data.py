@@ -111,3 +111,30 @@ def make_visa(root: Path, objects=("candle", "pcb1"), n_train: int = 4, n_test_g
         for r in rows:
             w.writerow([r.get(c, "") for c in columns])
     return root
+
+
+def make_mvtec_tree(root, categories=("widget",), defects=("bump", "dent"), n_train=4, n_good=2, n_defect=3, size=32):
+    """A tiny MVTec-layout tree with smooth random images and rectangular defects."""
+    rng = np.random.default_rng(0)
+    for cat in categories:
+        def img():
+            base = rng.integers(60, 200, size=3)
+            noise = rng.integers(-20, 21, size=(size, size, 3))
+            return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+        for sub, n in (("train/good", n_train), ("test/good", n_good)):
+            (root / cat / sub).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(img()).save(root / cat / sub / f"{i:03d}.png")
+        for d in defects:
+            (root / cat / "test" / d).mkdir(parents=True)
+            (root / cat / "ground_truth" / d).mkdir(parents=True)
+            for i in range(n_defect):
+                a = img()
+                m = np.zeros((size, size), np.uint8)
+                y, x = rng.integers(2, size // 2, size=2)
+                m[y:y + size // 4, x:x + size // 4] = 255
+                a[m > 0] = (250, 20, 20)
+                Image.fromarray(a).save(root / cat / "test" / d / f"{i:03d}.png")
+                Image.fromarray(m).save(root / cat / "ground_truth" / d / f"{i:03d}_mask.png")
+    return root

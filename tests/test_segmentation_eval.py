@@ -13,37 +13,15 @@ from ldm.segmentation.data import EvaluationSet, MixedTrainSet, scan_pairs, spli
 from ldm.segmentation.evaluate import evaluate_segmenter, predict_probs
 from ldm.segmentation.train import TrainConfig, ce_dice_loss, fit_and_evaluate, focal_loss
 from ldm.synthesizers.common import synthesize_baseline
+from tests.fixtures_data import make_mvtec_tree as _make_mvtec_tree
 from utils.metrics import METRIC_KEYS
 
 SIZE = 32
 TINY = ["--size", str(SIZE), "--steps", "2", "--batch_size", "2", "--base_channels", "4", "--threads", "1", "--device", "cpu"]
 
 
-def make_mvtec_tree(root, categories=("widget", "gadget"), defects=("bump", "dent"), n_train=4, n_good=2,
-                    n_defect=3, size=SIZE):
-    """A tiny MVTec-layout tree with smooth random images and rectangular defects."""
-    rng = np.random.default_rng(0)
-    for cat in categories:
-        def img():
-            return np.clip(rng.integers(60, 200, size=3) + rng.integers(-20, 21, size=(size, size, 3)), 0, 255
-                           ).astype(np.uint8)
-
-        for sub, n in (("train/good", n_train), ("test/good", n_good)):
-            (root / cat / sub).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(img()).save(root / cat / sub / f"{i:03d}.png")
-        for d in defects:
-            (root / cat / "test" / d).mkdir(parents=True)
-            (root / cat / "ground_truth" / d).mkdir(parents=True)
-            for i in range(n_defect):
-                a = img()
-                m = np.zeros((size, size), np.uint8)
-                y, x = rng.integers(2, size // 2, size=2)
-                m[y:y + size // 4, x:x + size // 4] = 255
-                a[m > 0] = (250, 20, 20)
-                Image.fromarray(a).save(root / cat / "test" / d / f"{i:03d}.png")
-                Image.fromarray(m).save(root / cat / "ground_truth" / d / f"{i:03d}_mask.png")
-    return root
+def make_mvtec_tree(root, categories=("widget", "gadget"), **kw):
+    return _make_mvtec_tree(root, categories=categories, size=kw.pop("size", SIZE), **kw)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -218,17 +217,9 @@ def save_png_atomic(image: Union[np.ndarray, Image.Image], path: Union[str, os.P
         if a.ndim not in (2, 3):
             raise ValueError(f"cannot save array of shape {a.shape} as PNG: {path}")
         im = Image.fromarray(a)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            im.save(f, format="PNG")
+    from utils.atomic import atomic_path
+
+    with atomic_path(path, suffix=".tmp") as tmp:
+        im.save(tmp, format="PNG")
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     return path
