@@ -58,7 +58,3 @@ def count_params(model, verbose: bool = False) -> int:
         print(f"{model.__class__.__name__} has {total * 1.e-6:.2f} M params.")
     return total
 
-
-def mean_flat(tensor):
-    """Mean over all non-batch dimensions."""
-    return tensor.mean(dim=list(range(1, tensor.ndim)))

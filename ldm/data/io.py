@@ -217,9 +217,7 @@ def save_png_atomic(image: Union[np.ndarray, Image.Image], path: Union[str, os.P
         if a.ndim not in (2, 3):
             raise ValueError(f"cannot save array of shape {a.shape} as PNG: {path}")
         im = Image.fromarray(a)
-    from utils.atomic import atomic_path
+    from utils.images import save_png
 
-    with atomic_path(path, suffix=".tmp") as tmp:
-        im.save(tmp, format="PNG")
-        os.chmod(tmp, 0o644)
+    save_png(im, path)
     return path

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -55,7 +54,7 @@ class ImageLogger(pl.Callback):
             raise ValueError("ImageLogger batch_frequency must be > 0")
         self.batch_freq = batch_frequency
         self.max_images = max_images
-        self.clamp, self.rescale = clamp, rescale
+        self.clamp = clamp  # `rescale` is accepted for CompVis configs; grids always map [-1, 1] to [0, 255]
         self.disabled = disabled
         self.log_on_batch_idx = log_on_batch_idx
         self.log_first_step = log_first_step
@@ -143,6 +142,3 @@ class ArtifactExporter(pl.Callback):
     def on_train_end(self, trainer, pl_module):
         self._export(trainer, pl_module)
 
-
-def timestamp() -> str:
-    return time.strftime("%Y-%m-%dT%H-%M-%S")

@@ -1,7 +1,7 @@
 """Offline BERT tokenizer resolution.
 
-CompVis LDM calls ``BertTokenizerFast.from_pretrained("bert-base-uncased")``, which downloads at run
-time. We never do: the vocabulary comes from, in order,
+CompVis LDM fetches the bert-base-uncased tokenizer from the model hub by name at run time. We
+never do: the vocabulary comes from, in order,
 
 1. an explicit ``path`` (a directory with ``vocab.txt``, a ``vocab.txt`` file, or ``"tiny"``),
 2. the ``FAST_BERT_VOCAB_DIR`` environment variable,
