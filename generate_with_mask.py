@@ -67,7 +67,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def _fail(msg: str) -> None:
-    raise SystemExit(f"generate_with_mask.py: error: {msg}")
+    from utils.errors import UserError
+
+    raise UserError(msg)
 
 
 def find_config(opt) -> Path:

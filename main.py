@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from utils.errors import UserError  # noqa: E402
+
 
 def str2bool(v):
     if isinstance(v, bool):
@@ -65,7 +67,7 @@ def get_parser() -> argparse.ArgumentParser:
 def split_overrides(unknown: list[str]) -> list[str]:
     bad = [u for u in unknown if "=" not in u or u.startswith("-")]
     if bad:
-        raise SystemExit(f"main.py: error: unrecognized arguments {bad} (YAML overrides are written key=value)")
+        raise UserError(f"unrecognized arguments {bad} (YAML overrides are written key=value)")
     return unknown
 
 
@@ -73,11 +75,11 @@ def resolve_logdir(opt, now: str):
     """Returns (logdir, ckpt_to_resume_or_None, base_configs)."""
     if opt.resume:
         if not os.path.exists(opt.resume):
-            raise SystemExit(f"main.py: error: cannot find --resume path '{opt.resume}'")
+            raise UserError(f"cannot find --resume path '{opt.resume}'")
         if os.path.isfile(opt.resume):
             parts = Path(opt.resume).resolve().parts
             if "checkpoints" not in parts:
-                raise SystemExit(f"main.py: error: --resume checkpoint '{opt.resume}' is not inside <logdir>/checkpoints/")
+                raise UserError(f"--resume checkpoint '{opt.resume}' is not inside <logdir>/checkpoints/")
             idx = len(parts) - 1 - parts[::-1].index("checkpoints")
             logdir = str(Path(*parts[:idx]))
             ckpt = opt.resume
@@ -85,10 +87,10 @@ def resolve_logdir(opt, now: str):
             logdir = opt.resume.rstrip("/")
             ckpt = os.path.join(logdir, "checkpoints", "last.ckpt")
             if not os.path.isfile(ckpt):
-                raise SystemExit(f"main.py: error: no checkpoint to resume at '{ckpt}'")
+                raise UserError(f"no checkpoint to resume at '{ckpt}'")
         base = sorted(glob.glob(os.path.join(logdir, "configs", "*-project.yaml")))
         if not base:
-            raise SystemExit(f"main.py: error: no saved config in '{logdir}/configs' to resume from")
+            raise UserError(f"no saved config in '{logdir}/configs' to resume from")
         return logdir, ckpt, base[-1:] + list(opt.base)
     if opt.log_folder:
         folder = opt.log_folder.strip("/")
@@ -171,12 +173,12 @@ def run(argv: list[str] | None = None):
     opt, unknown = parser.parse_known_args(argv)
     overrides = split_overrides(unknown)
     if opt.name and opt.resume:
-        raise SystemExit("main.py: error: -n/--name cannot be given with -r/--resume")
+        raise UserError("-n/--name cannot be given with -r/--resume")
     if not opt.base and not opt.resume:
-        raise SystemExit("main.py: error: give at least one config with -b/--base (or -r to resume)")
+        raise UserError("give at least one config with -b/--base (or -r to resume)")
     for path in opt.base:
         if not os.path.isfile(path):
-            raise SystemExit(f"main.py: error: config file not found: {path}")
+            raise UserError(f"config file not found: {path}")
 
     now = datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     logdir, resume_ckpt, base_configs = resolve_logdir(opt, now)
@@ -197,7 +199,7 @@ def run(argv: list[str] | None = None):
     configs = [OmegaConf.load(c) for c in base_configs]
     config = OmegaConf.merge(*configs, OmegaConf.from_dotlist(overrides))
     if "model" not in config:
-        raise SystemExit(f"main.py: error: no 'model' section in {base_configs}")
+        raise UserError(f"no 'model' section in {base_configs}")
     lightning_config = config.pop("lightning", OmegaConf.create())
     trainer_config = OmegaConf.to_container(lightning_config.get("trainer", OmegaConf.create()), resolve=True)
     if opt.max_steps is not None:
@@ -217,13 +219,13 @@ def run(argv: list[str] | None = None):
     configure_personalization(config, opt, category, defect)
     if opt.actual_resume:
         if not os.path.isfile(opt.actual_resume):
-            raise SystemExit(f"main.py: error: --actual_resume checkpoint not found: {opt.actual_resume}")
+            raise UserError(f"--actual_resume checkpoint not found: {opt.actual_resume}")
         config.model.params.ckpt_path = opt.actual_resume
 
     model = instantiate_from_config(config.model)
     if opt.embedding_manager_ckpt:
         if getattr(model, "embedding_manager", None) is None:
-            raise SystemExit("main.py: error: --embedding_manager_ckpt given but the model has no embedding manager")
+            raise UserError("--embedding_manager_ckpt given but the model has no embedding manager")
         model.embedding_manager.load(opt.embedding_manager_ckpt)
 
     data = instantiate_from_config(config.data)

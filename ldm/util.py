@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Mapping
 
+from utils.errors import UserError
+
 
 def exists(x: Any) -> bool:
     return x is not None
@@ -24,7 +26,7 @@ def default(val: Any, d: Any) -> Any:
 def get_obj_from_str(string: str, reload: bool = False) -> Any:
     module, _, name = string.rpartition(".")
     if not module:
-        raise ValueError(f"target '{string}' is not a dotted path (expected 'package.module.Name')")
+        raise UserError(f"target '{string}' is not a dotted path (expected 'package.module.Name')")
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -45,7 +47,7 @@ def instantiate_from_config(config: Mapping | None, **kwargs: Any) -> Any:
     if config is None or "target" not in config:
         if config in ("__is_first_stage__", "__is_unconditional__"):
             return None
-        raise KeyError(f"config node has no 'target' key: {dict(config) if config is not None else None}")
+        raise UserError(f"config node has no 'target' key: {dict(config) if config is not None else None}")
     params = config.get("params", None) or {}
     params = dict(params)
     params.update(kwargs)

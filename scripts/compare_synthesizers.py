@@ -32,6 +32,7 @@ from ldm.synthesizers.quality import folder_quality, split_strip  # noqa: E402
 from scripts.train_segmenter import add_training_args, training_setup  # noqa: E402
 from utils.atomic import write_text_atomic  # noqa: E402
 from utils.contact_sheet import prediction_sheet, save_rows  # noqa: E402
+from utils.errors import InputNotFound, UserError  # noqa: E402
 from utils.metrics import METRIC_KEYS, METRIC_LABELS, jsonable, mean_over  # noqa: E402
 from utils.plots import bar_chart, stack_vertical  # noqa: E402
 
@@ -61,7 +62,7 @@ def ensure_dataset(a) -> None:
     if root.is_dir() and any(root.iterdir()):
         return
     if not is_texture_ad(a.layout):
-        raise FileNotFoundError(f"--dataset_root not found or empty: {root}")
+        raise InputNotFound(f"--dataset_root not found or empty: {root}")
     from ldm.data.texture_ad import build_texture_ad
 
     log(f"building the embedded texture-AD dataset at {root} ...")
@@ -120,13 +121,13 @@ def run(a) -> int:
     synths = [s.strip() for s in a.synthesizers.split(",") if s.strip()]
     bad = [s for s in synths if s not in KNOWN]
     if bad or not synths:
-        raise ValueError(f"--synthesizers: unknown {', '.join(bad) or '(none given)'}; known: {', '.join(KNOWN)}")
+        raise UserError(f"--synthesizers: unknown {', '.join(bad) or '(none given)'}; known: {', '.join(KNOWN)}")
     ensure_dataset(a)
     available = list_categories(a.layout, a.dataset_root)
     cats = [c.strip() for c in a.categories.split(",")] if a.categories else available
     for c in cats:
         if c not in available:
-            raise ValueError(f"--categories: unknown category '{c}' under {a.dataset_root}; "
+            raise UserError(f"--categories: unknown category '{c}' under {a.dataset_root}; "
                              f"available: {', '.join(available)}")
     cfg, arch_kwargs = training_setup(a)
     out = Path(a.out)
@@ -298,7 +299,7 @@ def main(argv=None) -> int:
         a.size = 128 if is_texture_ad(a.layout) else 256
     try:
         if a.n_samples < 1:
-            raise ValueError(f"--n_samples must be >= 1, got {a.n_samples}")
+            raise UserError(f"--n_samples must be >= 1, got {a.n_samples}")
         return run(a)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -20,6 +20,7 @@ from ldm.synthesizers import METHODS  # noqa: E402
 from ldm.synthesizers.common import MASK_SOURCES, synthesize_baseline  # noqa: E402
 from ldm.synthesizers.cutpaste import VARIANTS  # noqa: E402
 from ldm.synthesizers.quality import folder_quality  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from utils.metrics import jsonable  # noqa: E402
 
 
@@ -51,9 +52,9 @@ def main(argv=None) -> int:
     defect = a.defect or ("perlin" if a.mask_source == "perlin" else None)
     try:
         if defect is None:
-            raise ValueError(f"--mask_source {a.mask_source} needs --defect")
+            raise UserError(f"--mask_source {a.mask_source} needs --defect")
         if a.n_samples < 1:
-            raise ValueError(f"--n_samples must be >= 1, got {a.n_samples}")
+            raise UserError(f"--n_samples must be >= 1, got {a.n_samples}")
         index = index_category(a.layout, a.data_root, a.category)
         stats = synthesize_baseline(a.method, a.out, index.train_good, index.category, defect, a.n_samples,
                                     a.mask_source, a.size, a.seed, a.layout, a.data_root, a.split, **kwargs)

@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from utils.errors import UserError  # noqa: E402
+
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,7 +57,7 @@ def plan(opt, overrides: list[str]) -> list[list[str]]:
     from ldm.data.layouts import index_category, list_categories
 
     if not os.path.isfile(opt.config):
-        raise SystemExit(f"train_all.py: error: config not found: {opt.config}")
+        raise UserError(f"config not found: {opt.config}")
     config = OmegaConf.load(opt.config)
     train = config.data.params.train.params
     layout = opt.layout or train.get("layout", "mvtec")
@@ -93,7 +95,7 @@ def plan(opt, overrides: list[str]) -> list[list[str]]:
                     cmd += ["--init_word", word]
             commands.append(cmd + list(overrides))
     if not commands:
-        raise SystemExit(f"train_all.py: error: nothing to train in {opt.dataset} (categories {categories}, "
+        raise UserError(f"nothing to train in {opt.dataset} (categories {categories}, "
                          f"defects {sorted(wanted) if wanted else 'all'})")
     return commands
 
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
     opt, overrides = get_parser().parse_known_args(argv)
     bad = [o for o in overrides if "=" not in o or o.startswith("-")]
     if bad:
-        raise SystemExit(f"train_all.py: error: unrecognized arguments {bad} (overrides are key=value)")
+        raise UserError(f"unrecognized arguments {bad} (overrides are key=value)")
     commands = plan(opt, overrides)
     for i, cmd in enumerate(commands, 1):
         print(f"[train_all] ({i}/{len(commands)}) {' '.join(cmd)}", flush=True)

@@ -23,6 +23,7 @@ from ldm.segmentation.data import EvaluationSet, scan_pairs  # noqa: E402
 from ldm.segmentation.train import LOSSES, TrainConfig, fit_and_evaluate  # noqa: E402
 from utils.atomic import write_text_atomic  # noqa: E402
 from utils.contact_sheet import prediction_sheet  # noqa: E402
+from utils.errors import InputNotFound, UserError  # noqa: E402
 from utils.metrics import METRIC_KEYS, METRIC_LABELS, jsonable  # noqa: E402
 
 
@@ -60,11 +61,11 @@ def training_setup(a: argparse.Namespace) -> tuple[TrainConfig, dict]:
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     if a.segformer_dir and not a.arch.startswith("segformer"):
-        raise ValueError("--segformer_dir needs --arch segformer-*")
+        raise UserError("--segformer_dir needs --arch segformer-*")
     arch_kwargs = {"base_channels": a.base_channels} if a.arch == "unet" else {}
     if a.segformer_dir:
         if not (Path(a.segformer_dir).expanduser() / "config.json").is_file():
-            raise FileNotFoundError(f"--segformer_dir {a.segformer_dir}: no config.json (expected a local "
+            raise InputNotFound(f"--segformer_dir {a.segformer_dir}: no config.json (expected a local "
                                     "save_pretrained folder; nothing is downloaded)")
         arch_kwargs["pretrained_dir"] = a.segformer_dir
     cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, loss=a.loss, seed=a.seed,
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
         index = index_category(a.layout, a.dataset_root, a.category)
         pairs = scan_pairs(a.pairs, a.category)
         if not pairs:
-            raise ValueError(f"--pairs {a.pairs}: no pairs for category '{a.category}'")
+            raise UserError(f"--pairs {a.pairs}: no pairs for category '{a.category}'")
         eval_set = EvaluationSet(index, a.size, a.split)
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -107,7 +107,7 @@ def test_datamodule_batches(ds):
     assert dm.train_dataloader().persistent_workers is False
     dm2 = DataModuleFromConfig(batch_size=1, train=cfg, wrap=True)
     assert type(dm2).val_dataloader is DataModuleFromConfig.val_dataloader and "val_dataloader" not in vars(dm2)
-    with pytest.raises(KeyError, match="data.params.train"):
+    with pytest.raises(ValueError, match="data.params.train"):
         DataModuleFromConfig(batch_size=1, train={"params": {}}).setup()
 
 

@@ -91,7 +91,7 @@ def test_other_settings_into_the_same_folder_are_refused(setup, tmp_path):
 
 def test_wrong_weight_idx_lists_available(setup, tmp_path):
     work, data, ckdir = setup
-    with pytest.raises(SystemExit, match=r"--weight_idx 10000 not found .* available: \[5\]"):
+    with pytest.raises(ValueError, match=r"--weight_idx 10000 not found .* available: \[5\]"):
         gen.main(_args(work, data, ckdir, tmp_path, "--weight_idx", "10000"))
 
 

@@ -80,11 +80,11 @@ def test_log_folder_never_doubles_logs(tmp_path, monkeypatch):
 
 
 def test_cli_errors_name_the_problem(tmp_path):
-    with pytest.raises(SystemExit, match="config file not found: .*missing.yaml"):
+    with pytest.raises(ValueError, match="config file not found: .*missing.yaml"):
         main_mod.run(["--base", str(tmp_path / "missing.yaml")])
-    with pytest.raises(SystemExit, match="unrecognized arguments"):
+    with pytest.raises(ValueError, match="unrecognized arguments"):
         main_mod.run(["--base", str(tmp_path / "x.yaml"), "--bogus"])
-    with pytest.raises(SystemExit, match="no checkpoint to resume"):
+    with pytest.raises(ValueError, match="no checkpoint to resume"):
         main_mod.run(["-r", str(tmp_path)])
 
 

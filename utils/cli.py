@@ -1,25 +1,41 @@
-"""One-line errors for command-line entry points.
+"""Command-line entry points: user errors become one line and exit code 2; bugs keep their traceback.
 
-Bad user input (a missing file, an unknown key, a wrong value) raises FileNotFoundError, KeyError or
-ValueError somewhere below; a user should see one line naming the culprit, not a traceback.
-``FAST_DEBUG=1`` shows the full traceback.
+``UserError`` (``utils.errors``) is what the library raises for input the user can fix. Out-of-space
+and permission errors while writing outputs are also the user's to fix, and are reported the same
+way. Anything else is a programming error and propagates with its traceback. ``FAST_DEBUG=1`` shows
+the traceback of user errors too.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Callable
 
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, KeyError, ValueError)
+from utils.errors import UserError
+
+# OS errors a user fixes (disk full, read-only or forbidden output folder), reported in one line
+_USER_OS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                   errno.EISDIR, errno.EEXIST}
+
+
+def user_message(e: BaseException) -> str | None:
+    """The one-line message for a user error, or None when ``e`` is a bug."""
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.errno in _USER_OS_ERRNOS:
+        where = f": {e.filename}" if e.filename else ""
+        return f"{os.strerror(e.errno).lower()}{where}"
+    return None
 
 
 def run_cli(prog: str, fn: Callable[[], int | None]) -> int:
     try:
         rc = fn()
         return 0 if rc is None or not isinstance(rc, int) else rc
-    except USER_ERRORS as e:
-        if os.environ.get("FAST_DEBUG"):
+    except (UserError, OSError) as e:
+        msg = user_message(e)
+        if msg is None or os.environ.get("FAST_DEBUG"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from utils.errors import InputNotFound, UserError
+
 
 class UnsafePickleError(pickle.UnpicklingError):
     """The file asked to call something that is not needed to rebuild tensors."""
@@ -93,7 +95,7 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """Load a torch file, never executing code from it (see module docstring)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file: {path}")
+        raise InputNotFound(f"no such file: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -132,14 +134,14 @@ def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         _module_tensors(obj, "", out)
         if not out:
-            raise ValueError(f"pickled object {obj!r} holds no tensors")
+            raise UserError(f"pickled object {obj!r} holds no tensors")
         return out
     if isinstance(obj, dict):
         if "state_dict" in obj and isinstance(obj["state_dict"], dict):
             return extract_state_dict(obj["state_dict"])
         if all(isinstance(v, torch.Tensor) for v in obj.values()):
             return dict(obj)
-    raise ValueError(f"cannot find a state dict in an object of type {type(obj).__name__}")
+    raise UserError(f"cannot find a state dict in an object of type {type(obj).__name__}")
 
 
 def load_module_weights(module: torch.nn.Module, path: str | os.PathLike) -> None:
@@ -153,17 +155,17 @@ def load_module_weights(module: torch.nn.Module, path: str | os.PathLike) -> Non
     if set(sd) == set(own):
         for name, value in sd.items():
             if tuple(value.shape) != tuple(own[name].shape):
-                raise ValueError(f"{path}: tensor '{name}' {tuple(value.shape)} does not fit "
+                raise UserError(f"{path}: tensor '{name}' {tuple(value.shape)} does not fit "
                                  f"{tuple(own[name].shape)} of {module.__class__.__name__}")
         module.load_state_dict(sd, strict=True)
         return
     if len(sd) != len(own):
-        raise ValueError(f"{path}: {len(sd)} tensors, but {module.__class__.__name__} has {len(own)} "
+        raise UserError(f"{path}: {len(sd)} tensors, but {module.__class__.__name__} has {len(own)} "
                          f"(first unknown key: {next(iter(set(sd) - set(own)), None)})")
     mapped = {}
     for (name, ref), (src_name, value) in zip(own.items(), sd.items()):
         if tuple(ref.shape) != tuple(value.shape):
-            raise ValueError(f"{path}: tensor '{src_name}' {tuple(value.shape)} does not fit '{name}' "
+            raise UserError(f"{path}: tensor '{src_name}' {tuple(value.shape)} does not fit '{name}' "
                              f"{tuple(ref.shape)} of {module.__class__.__name__}")
         mapped[name] = value
     module.load_state_dict(mapped, strict=True)

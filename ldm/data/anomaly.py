@@ -23,8 +23,15 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ldm.data.io import image_size, load_image_uint8, load_mask, parse_size
-from ldm.data.layouts import (AnomalySample, index_category, list_categories, normalize_category,
-                              resolve_mvtec_path, split_anomalies)
+from ldm.data.layouts import (
+    AnomalySample,
+    index_category,
+    list_categories,
+    normalize_category,
+    resolve_mvtec_path,
+    split_anomalies,
+)
+from utils.errors import InputNotFound, UserError
 
 __all__ = ["AnomalyDataset", "NormalImagesDataset", "ANOMALYDIFFUSION_TEMPLATES", "resolve_templates"]
 
@@ -58,7 +65,7 @@ def resolve_templates(template: Union[str, Sequence[str]], key: str = "caption_t
     else:
         out = tuple(str(t) for t in template)
     if not out:
-        raise ValueError(f"{key} is empty")
+        raise UserError(f"{key} is empty")
     return out
 
 
@@ -68,7 +75,7 @@ def _fill(template: str, key: str, placeholder: str, category: str, defect: str)
         return template.format(placeholder, placeholder=placeholder, category=category.replace("_", " "),
                                defect=defect.replace("_", " "), name=f"{category}+{defect}")
     except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"{key} '{template}' is not a valid template ({type(e).__name__}: {e}); "
+        raise UserError(f"{key} '{template}' is not a valid template ({type(e).__name__}: {e}); "
                          "fields: {}, {placeholder}, {category}, {defect}, {name}") from None
 
 
@@ -76,7 +83,7 @@ def _norm_set(set_: str) -> str:
     try:
         return _SET_ALIASES[str(set_).lower()]
     except KeyError:
-        raise ValueError(f"set must be train, validation or evaluation, got {set_!r}") from None
+        raise UserError(f"set must be train, validation or evaluation, got {set_!r}") from None
 
 
 def _as_list(v) -> Optional[list]:
@@ -91,7 +98,7 @@ def _check_pair(image: Path, mask: Path) -> None:
     ih, iw = image_size(image)
     mh, mw = image_size(mask)
     if (ih, iw) != (mh, mw):
-        raise ValueError(f"mask size {mw}x{mh} differs from image size {iw}x{ih}: {mask} (image {image})")
+        raise UserError(f"mask size {mw}x{mh} differs from image size {iw}x{ih}: {mask} (image {image})")
 
 
 class _CachedImages(Dataset):
@@ -100,10 +107,10 @@ class _CachedImages(Dataset):
     def _init_common(self, size, repeats: int, flip_p: float, cache_images: bool) -> None:
         self.size = parse_size(size)
         if self.size is None:
-            raise ValueError("size must be set (e.g. 256)")
+            raise UserError("size must be set (e.g. 256)")
         self.repeats = int(repeats)
         if self.repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {repeats}")
+            raise UserError(f"repeats must be >= 1, got {repeats}")
         self.flip_p = float(flip_p)
         self.cache_images = bool(cache_images)
         self._cache: dict[int, np.ndarray] = {}
@@ -148,12 +155,12 @@ class AnomalyDataset(_CachedImages):
             def1 = defect if isinstance(defect, str) or defect is None else None
             r, c, d = resolve_mvtec_path(mvtec_path, cat1, def1)
             if root is not None and Path(root).expanduser().resolve() != r.resolve():
-                raise ValueError(f"mvtec_path {mvtec_path} and root {root} disagree")
+                raise UserError(f"mvtec_path {mvtec_path} and root {root} disagree")
             root, category, defect = r, (c if c is not None else category), (d if d is not None else defect)
         if root is None:
-            raise ValueError("AnomalyDataset needs root (or mvtec_path)")
+            raise UserError("AnomalyDataset needs root (or mvtec_path)")
         if empty_masks not in ("skip", "error"):
-            raise ValueError(f"empty_masks must be 'skip' or 'error', got {empty_masks!r}")
+            raise UserError(f"empty_masks must be 'skip' or 'error', got {empty_masks!r}")
         self.root = Path(root).expanduser()
         self.layout = layout
         self.anomaly_split = anomaly_split
@@ -167,7 +174,7 @@ class AnomalyDataset(_CachedImages):
         if cats is None:
             cats = list_categories(layout, self.root, **lp)
             if not cats:
-                raise FileNotFoundError(f"no categories found under {self.root} ({layout} layout)")
+                raise InputNotFound(f"no categories found under {self.root} ({layout} layout)")
         cats = [normalize_category(layout, c) for c in cats]
         self.samples: list[AnomalySample] = []
         self.masks: list[np.ndarray] = []
@@ -177,14 +184,14 @@ class AnomalyDataset(_CachedImages):
             if defects is None:
                 defects = idx.defects
                 if not defects:
-                    raise ValueError(f"empty split: no anomalies for category '{cat}' under {self.root}")
+                    raise UserError(f"empty split: no anomalies for category '{cat}' under {self.root}")
             for d in defects:
                 samples = idx.samples(str(d))
                 gen, ev = split_anomalies(samples, anomaly_split)
                 chosen = ev if self.set == "evaluation" else gen
                 if not chosen:
                     hint = " (fewer than 3 anomalies; use anomaly_split: all)" if anomaly_split == "third" else ""
-                    raise ValueError(f"empty split: anomaly_split={anomaly_split} leaves no {self.set} anomalies "
+                    raise UserError(f"empty split: anomaly_split={anomaly_split} leaves no {self.set} anomalies "
                                      f"of {idx.category}+{d} out of {len(samples)} under {self.root}{hint}")
                 kept = self._load_masks(chosen, empty_masks)
                 if self.set == "validation":
@@ -193,7 +200,7 @@ class AnomalyDataset(_CachedImages):
                     self.samples.append(s)
                     self.masks.append(m)
         if not self.samples:
-            raise ValueError(f"empty split: no usable {self.set} anomalies under {self.root} "
+            raise UserError(f"empty split: no usable {self.set} anomalies under {self.root} "
                              f"(category={category!r}, defect={defect!r})")
         for t in self.templates:
             _fill(t, "caption_template", self.placeholder, "c", "d")
@@ -201,7 +208,7 @@ class AnomalyDataset(_CachedImages):
         try:
             self.names = sorted({self._name(s) for s in self.samples})
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"name_template '{name_template}' is not valid ({type(e).__name__}: {e}); "
+            raise UserError(f"name_template '{name_template}' is not valid ({type(e).__name__}: {e}); "
                              "fields: {category}, {defect}") from None
 
     def _name(self, s: AnomalySample) -> str:
@@ -215,7 +222,7 @@ class AnomalyDataset(_CachedImages):
             if not m.any():
                 msg = f"all-zero mask at size {self.size[1]}x{self.size[0]}: {s.mask}"
                 if empty_masks == "error":
-                    raise ValueError(msg)
+                    raise UserError(msg)
                 warnings.warn(msg + " (skipped)")
                 continue
             kept.append((s, m.astype(bool)))
@@ -249,7 +256,7 @@ class NormalImagesDataset(_CachedImages):
                  empty_masks: str = "skip", cache_images: bool = False):
         self.set = _norm_set(set)
         if self.set == "evaluation":
-            raise ValueError("NormalImagesDataset set must be train or validation")
+            raise UserError("NormalImagesDataset set must be train or validation")
         self.root = Path(root).expanduser()
         self.templates = resolve_templates(caption_template)
         self.anomaly_templates = resolve_templates(anomaly_caption_template, "anomaly_caption_template")
@@ -261,7 +268,7 @@ class NormalImagesDataset(_CachedImages):
         if cats is None:
             cats = list_categories(layout, self.root, **lp)
             if not cats:
-                raise FileNotFoundError(f"no categories found under {self.root} ({layout} layout)")
+                raise InputNotFound(f"no categories found under {self.root} ({layout} layout)")
         # (image path, mask path or None, category, defect)
         self.entries: list[tuple[Path, Optional[Path], str, str]] = []
         self.masks: dict[int, np.ndarray] = {}
@@ -280,13 +287,13 @@ class NormalImagesDataset(_CachedImages):
                         m = load_mask(s.mask, self.size)
                         if not m.any():
                             if empty_masks == "error":
-                                raise ValueError(f"all-zero mask: {s.mask}")
+                                raise UserError(f"all-zero mask: {s.mask}")
                             warnings.warn(f"all-zero mask: {s.mask} (skipped)")
                             continue
                         self.masks[len(self.entries)] = m.astype(bool)
                         self.entries.append((s.image, s.mask, s.category, s.defect))
         if not self.entries:
-            raise ValueError(f"empty split: no {self.set} images under {self.root} (categories={categories!r})")
+            raise UserError(f"empty split: no {self.set} images under {self.root} (categories={categories!r})")
         for t in self.templates + self.anomaly_templates:
             _fill(t, "caption_template", self.placeholder, "c", "d")
 

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ldm.util import instantiate_from_config
+from utils.errors import UserError
 
 __all__ = ["DataModuleFromConfig", "WrappedDataset", "worker_init_fn"]
 
@@ -49,7 +50,7 @@ class DataModuleFromConfig(pl.LightningDataModule):
         super().__init__()
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
-            raise ValueError(f"data.params.batch_size must be >= 1, got {batch_size}")
+            raise UserError(f"data.params.batch_size must be >= 1, got {batch_size}")
         self.num_workers = int(num_workers) if num_workers is not None else 0
         self.dataset_configs: dict[str, Mapping] = {}
         self.wrap = bool(wrap)
@@ -73,7 +74,7 @@ class DataModuleFromConfig(pl.LightningDataModule):
             if split in self.datasets:
                 continue
             if not isinstance(cfg, Mapping) or "target" not in cfg:
-                raise KeyError(f"data.params.{split} needs a 'target' (and 'params') node")
+                raise UserError(f"data.params.{split} needs a 'target' (and 'params') node")
             ds = instantiate_from_config(cfg)
             self.datasets[split] = WrappedDataset(ds) if self.wrap else ds
 

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from ldm.data.io import list_image_files, load_image, parse_size, resize_mask
 from ldm.data.layouts import index_category
 from ldm.data.masks import MaskSource
+from utils.errors import InputNotFound, UserError
 
 __all__ = ["GenerationInputs", "normal_images_for"]
 
@@ -36,14 +37,14 @@ class GenerationInputs(Dataset):
             folder = Path(normal_images)
             self.normal_images = list_image_files(folder)
             if not self.normal_images:
-                raise ValueError(f"empty split: no normal images in {folder}")
+                raise UserError(f"empty split: no normal images in {folder}")
         else:
             self.normal_images = [Path(p) for p in normal_images]
             if not self.normal_images:
-                raise ValueError("empty split: GenerationInputs got an empty list of normal images")
+                raise UserError("empty split: GenerationInputs got an empty list of normal images")
             for p in self.normal_images:
                 if not p.is_file():
-                    raise FileNotFoundError(f"normal image not found: {p}")
+                    raise InputNotFound(f"normal image not found: {p}")
         if isinstance(mask_source, Mapping):
             from ldm.util import instantiate_from_config
             cfg = dict(mask_source)

@@ -26,6 +26,8 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from utils.errors import InputNotFound, UserError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "natural_key",
@@ -76,7 +78,7 @@ def list_image_files(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS)
     """Image files of ``folder`` (not recursive) in natural order; other files are ignored."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"folder not found: {folder}")
+        raise InputNotFound(f"folder not found: {folder}")
     exts = tuple(e.lower() for e in extensions)
     return sorted((p for p in folder.iterdir() if is_image_file(p, exts)), key=lambda p: natural_key(p.name))
 
@@ -87,14 +89,14 @@ def parse_size(size: SizeLike) -> tuple[int, int] | None:
         return None
     if isinstance(size, (int, np.integer)):
         if size <= 0:
-            raise ValueError(f"size must be positive, got {size}")
+            raise UserError(f"size must be positive, got {size}")
         return int(size), int(size)
     try:
         h, w = (int(v) for v in size)
     except (TypeError, ValueError):
-        raise ValueError(f"size must be an int or an (H, W) pair, got {size!r}") from None
+        raise UserError(f"size must be an int or an (H, W) pair, got {size!r}") from None
     if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {size!r}")
+        raise UserError(f"size must be positive, got {size!r}")
     return h, w
 
 
@@ -102,25 +104,25 @@ def read_pil(path: Union[str, os.PathLike]) -> Image.Image:
     """Open and fully decode an image, turning every failure into a one-line error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise InputNotFound(f"image file not found: {path}")
     try:
         with Image.open(path) as im:
             im.load()
             return im.copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+        raise UserError(f"cannot read image {path}: {e}") from None
 
 
 def image_size(path: Union[str, os.PathLike]) -> tuple[int, int]:
     """(H, W) from the file header only (cheap); errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise InputNotFound(f"image file not found: {path}")
     try:
         with Image.open(path) as im:
             w, h = im.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+        raise UserError(f"cannot read image {path}: {e}") from None
     return h, w
 
 
@@ -211,11 +213,11 @@ def save_png_atomic(image: Union[np.ndarray, Image.Image], path: Union[str, os.P
             else:
                 a = np.clip((a + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
         elif a.dtype != np.uint8:
-            raise ValueError(f"cannot save array of dtype {a.dtype} as PNG: {path}")
+            raise UserError(f"cannot save array of dtype {a.dtype} as PNG: {path}")
         if a.ndim == 3 and a.shape[2] == 1:
             a = a[..., 0]
         if a.ndim not in (2, 3):
-            raise ValueError(f"cannot save array of shape {a.shape} as PNG: {path}")
+            raise UserError(f"cannot save array of shape {a.shape} as PNG: {path}")
         im = Image.fromarray(a)
     from utils.images import save_png
 

@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any, Optional, Sequence
 
 from ldm.data.io import natural_key
+from utils.errors import InputNotFound, UserError
 
 __all__ = [
     "AnomalySample",
@@ -77,7 +78,7 @@ class CategoryIndex:
         """Anomalies of one defect type; unknown types give a one-line error listing the known ones."""
         if defect not in self.anomalies:
             known = ", ".join(self.anomalies) or "none"
-            raise FileNotFoundError(
+            raise InputNotFound(
                 f"unknown defect '{defect}' for category '{self.category}' under {self.root} "
                 f"({self.layout} layout); known: {known}")
         return self.anomalies[defect]
@@ -101,22 +102,22 @@ def get_layout(layout: str) -> ModuleType:
     """The module implementing ``layout`` (a registered name or a dotted module path)."""
     name = LAYOUTS.get(str(layout).lower(), layout)
     if "." not in str(name):
-        raise ValueError(f"unknown dataset layout '{layout}'; known: {', '.join(sorted(LAYOUTS))} "
+        raise UserError(f"unknown dataset layout '{layout}'; known: {', '.join(sorted(LAYOUTS))} "
                          "or a dotted module path")
     try:
         mod = importlib.import_module(name)
     except ModuleNotFoundError as e:
-        raise ValueError(f"dataset layout '{layout}': cannot import module '{name}': {e}") from None
+        raise UserError(f"dataset layout '{layout}': cannot import module '{name}': {e}") from None
     for fn in ("list_categories", "index_category"):
         if not callable(getattr(mod, fn, None)):
-            raise ValueError(f"dataset layout module '{name}' has no function '{fn}'")
+            raise UserError(f"dataset layout module '{name}' has no function '{fn}'")
     return mod
 
 
 def _check_root(root: Path) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found: {root}")
+        raise InputNotFound(f"dataset root not found: {root}")
     return root
 
 
@@ -128,7 +129,7 @@ def list_categories(layout: str, root, **params: Any) -> list[str]:
 def check_category(layout: str, root: Path, category: str, available: Sequence[str]) -> None:
     """One-line error for an unknown category, listing what exists."""
     if category not in available:
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"unknown category '{category}' under {root} ({layout} layout); "
             f"available: {', '.join(available) or 'none'}")
 
@@ -139,7 +140,7 @@ def normalize_category(layout: str, category: Any) -> str:
     if norm is not None:
         category = norm(category)
     if not category or not isinstance(category, str):
-        raise ValueError(f"category must be a non-empty string, got {category!r}")
+        raise UserError(f"category must be a non-empty string, got {category!r}")
     return category
 
 
@@ -161,7 +162,7 @@ def split_anomalies(samples: Sequence[AnomalySample], mode: str = "third"
         return list(ordered), list(ordered)
     if mode == "anomalydiffusion":
         return ordered[:k + 1], ordered[k:]
-    raise ValueError(f"anomaly_split must be one of {', '.join(SPLIT_MODES)}, got {mode!r}")
+    raise UserError(f"anomaly_split must be one of {', '.join(SPLIT_MODES)}, got {mode!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ def _spellings(v: Any) -> set[str]:
 
 def _agree(flag: str, given: Optional[str], found: str, path: Path) -> str:
     if given is not None and found not in _spellings(given):
-        raise ValueError(f"--mvtec_path {path} names {flag} '{found}' but the config/flag says '{given}'")
+        raise UserError(f"--mvtec_path {path} names {flag} '{found}' but the config/flag says '{given}'")
     return found
 
 
@@ -212,10 +213,10 @@ def resolve_mvtec_path(path, category: Optional[str] = None, defect: Optional[st
     relative to the detected root are used, never absolute positions.
     """
     if path is None:
-        raise ValueError("--mvtec_path is required")
+        raise UserError("--mvtec_path is required")
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"--mvtec_path not found: {p}")
+        raise InputNotFound(f"--mvtec_path not found: {p}")
     p = Path(os.path.abspath(p))  # no symlink resolution: names stay the user's names
     parts = p.parts
     for marker in ("ground_truth", "test"):
@@ -236,6 +237,6 @@ def resolve_mvtec_path(path, category: Optional[str] = None, defect: Optional[st
     if category is not None and not any((p / c).is_dir() for c in _spellings(category)):
         found = [c.name for c in sorted(p.iterdir(), key=lambda c: natural_key(c.name))
                  if c.is_dir() and not c.name.startswith(".")]
-        raise FileNotFoundError(f"unknown category '{category}': {p / category} not found "
+        raise InputNotFound(f"unknown category '{category}': {p / category} not found "
                                 f"(have: {', '.join(found[:30]) or 'nothing'})")
     return p, category, defect

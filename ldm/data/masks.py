@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from ldm.data.io import IMAGE_EXTENSIONS, list_image_files, load_mask, parse_size
+from utils.errors import InputNotFound, UserError
 
 __all__ = [
     "perlin_noise",
@@ -87,7 +88,7 @@ def augment_mask(mask: np.ndarray, rng: np.random.Generator, flip_p: float = 0.5
     plus a translation of at most ``max_translate`` × size; re-binarised at 0.5. Same shape out."""
     m = (np.asarray(mask) > 0.5).astype(np.float32)
     if m.ndim != 2:
-        raise ValueError(f"augment_mask expects an H×W mask, got shape {m.shape}")
+        raise UserError(f"augment_mask expects an H×W mask, got shape {m.shape}")
     if rng.random() < flip_p:
         m = m[:, ::-1]
     if rng.random() < flip_p:
@@ -141,14 +142,14 @@ class MaskSource:
                  max_area_frac: float = 1.0, max_tries: int = 100):
         self.size = parse_size(size)
         if int(seed) < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+            raise UserError(f"seed must be >= 0, got {seed}")
         self.seed = int(seed)
         self.min_area_frac = float(min_area_frac)
         self.max_border_frac = float(max_border_frac)
         self.max_area_frac = float(max_area_frac)
         self.max_tries = int(max_tries)
         if self.max_tries < 1:
-            raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+            raise UserError(f"max_tries must be >= 1, got {max_tries}")
 
     def rng(self, index: int) -> np.random.Generator:
         if int(index) < 0:
@@ -189,15 +190,15 @@ def _mask_paths(paths: PathList) -> list[Path]:
         if p.is_dir():
             files = list_image_files(p, IMAGE_EXTENSIONS)
             if not files:
-                raise ValueError(f"empty split: no mask images in {p}")
+                raise UserError(f"empty split: no mask images in {p}")
             return files
         if not p.is_file():
-            raise FileNotFoundError(f"mask folder or file not found: {p}")
+            raise InputNotFound(f"mask folder or file not found: {p}")
         return [p]
     out = [Path(p) for p in paths]
     for p in out:
         if not p.is_file():
-            raise FileNotFoundError(f"mask file not found: {p}")
+            raise InputNotFound(f"mask file not found: {p}")
     return out
 
 
@@ -218,20 +219,20 @@ class RealMasks(MaskSource):
                  max_tries: int = 100):
         super().__init__(size, seed, min_area_frac, max_border_frac, max_area_frac, max_tries)
         if (paths is None) == (root is None):
-            raise ValueError(f"{type(self).__name__}: give either paths or root/category/defect")
+            raise UserError(f"{type(self).__name__}: give either paths or root/category/defect")
         if paths is not None:
             files = _mask_paths(paths)
             where = str(paths) if isinstance(paths, (str, os.PathLike)) else f"{len(files)} listed files"
         else:
             from ldm.data.layouts import index_category, split_anomalies
             if category is None or defect is None:
-                raise ValueError(f"{type(self).__name__}: root needs category and defect")
+                raise UserError(f"{type(self).__name__}: root needs category and defect")
             idx = index_category(layout, root, category, **(layout_params or {}))
             gen, _ = split_anomalies(idx.samples(defect), anomaly_split)
             files = [s.mask for s in gen]
             where = f"{root} {idx.category}+{defect} (anomaly_split={anomaly_split})"
             if not files:
-                raise ValueError(f"empty split: no generator-side masks for {where}")
+                raise UserError(f"empty split: no generator-side masks for {where}")
         self.paths: list[Path] = []
         self.masks: list[np.ndarray] = []
         rejected = []
@@ -246,7 +247,7 @@ class RealMasks(MaskSource):
             warnings.warn(f"{type(self).__name__}: {len(rejected)} of {len(files)} masks dropped by the "
                           f"filter (e.g. {rejected[0]})")
         if not self.masks:
-            raise ValueError(f"{type(self).__name__}: no usable mask in {where} (all empty or filtered)")
+            raise UserError(f"{type(self).__name__}: no usable mask in {where} (all empty or filtered)")
 
     def _base_ok(self, mask: np.ndarray) -> bool:
         return self.ok(mask)
@@ -298,7 +299,7 @@ class PerlinMasks(MaskSource):
                  max_border_frac: float = 1.0 / 3.0, max_area_frac: float = 0.5, max_tries: int = 100):
         super().__init__(size, seed, min_area_frac, max_border_frac, max_area_frac, max_tries)
         if not 0 <= min_scale < max_scale:
-            raise ValueError(f"need 0 <= min_scale < max_scale, got {min_scale}, {max_scale}")
+            raise UserError(f"need 0 <= min_scale < max_scale, got {min_scale}, {max_scale}")
         self.params = dict(min_scale=int(min_scale), max_scale=int(max_scale), threshold=float(threshold),
                            max_rotate=float(max_rotate))
 

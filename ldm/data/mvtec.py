@@ -13,6 +13,7 @@ from typing import Sequence
 
 from ldm.data.io import IMAGE_EXTENSIONS, list_image_files, natural_key
 from ldm.data.layouts import AnomalySample, CategoryIndex, check_category
+from utils.errors import InputNotFound, UserError
 
 __all__ = ["list_categories", "index_category", "index_tree", "list_tree_categories"]
 
@@ -26,7 +27,7 @@ def list_tree_categories(root: Path, markers: Sequence[str]) -> list[str]:
     """Sub-folders of ``root`` holding any of ``markers`` (relative folder paths)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found: {root}")
+        raise InputNotFound(f"dataset root not found: {root}")
     return [p.name for p in _subdirs(root) if any((p / m).is_dir() for m in markers)]
 
 
@@ -36,9 +37,9 @@ def _find_mask(image: Path, gt: Path, by_stem: dict[str, list[Path]], suffixes: 
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            raise ValueError(f"ambiguous masks for {image}: {', '.join(str(f) for f in found)}")
+            raise UserError(f"ambiguous masks for {image}: {', '.join(str(f) for f in found)}")
     expect = gt / f"{image.stem}{suffixes[0] if suffixes else ''}.png"
-    raise FileNotFoundError(f"image without mask: {image} (expected e.g. {expect})")
+    raise InputNotFound(f"image without mask: {image} (expected e.g. {expect})")
 
 
 def index_tree(root: Path, category: str, *, layout: str,
@@ -70,11 +71,11 @@ def index_tree(root: Path, category: str, *, layout: str,
     train_files: list[Path] = []
     present = [catdir / d for d in train_good if (catdir / d).is_dir()]
     if require_train and not present:
-        raise FileNotFoundError(f"missing normal training folder: {catdir / train_good[0]}")
+        raise InputNotFound(f"missing normal training folder: {catdir / train_good[0]}")
     for d in present:
         train_files += list_image_files(d, image_extensions)
     if require_train and not train_files:
-        raise ValueError(f"empty split: no images in {', '.join(str(d) for d in present)}")
+        raise UserError(f"empty split: no images in {', '.join(str(d) for d in present)}")
 
     good_files: list[Path] = []
     for d in test_good:
@@ -88,10 +89,10 @@ def index_tree(root: Path, category: str, *, layout: str,
         defect = ddir.name
         images = list_image_files(ddir, image_extensions)
         if not images:
-            raise ValueError(f"empty split: no images in anomaly folder {ddir}")
+            raise UserError(f"empty split: no images in anomaly folder {ddir}")
         gt = gt_dir / defect
         if not gt.is_dir():
-            raise FileNotFoundError(f"missing mask folder {gt} for the images in {ddir}")
+            raise InputNotFound(f"missing mask folder {gt} for the images in {ddir}")
         by_stem: dict[str, list[Path]] = {}
         for m in list_image_files(gt, mask_extensions):
             by_stem.setdefault(m.stem, []).append(m)
@@ -100,19 +101,19 @@ def index_tree(root: Path, category: str, *, layout: str,
         for img in images:
             m = _find_mask(img, gt, by_stem, mask_suffix)
             if m in used:
-                raise ValueError(f"mask {m} matches more than one image in {ddir}")
+                raise UserError(f"mask {m} matches more than one image in {ddir}")
             used.add(m)
             samples.append(AnomalySample(image=img, mask=m, category=category, defect=defect))
         orphans = [m for ms in by_stem.values() for m in ms if m not in used]
         if orphans:
             orphans.sort(key=lambda m: natural_key(m.name))
-            raise FileNotFoundError(f"mask without image: {orphans[0]} (no matching file in {ddir})"
+            raise InputNotFound(f"mask without image: {orphans[0]} (no matching file in {ddir})"
                                     + (f" and {len(orphans) - 1} more" if len(orphans) > 1 else ""))
         anomalies[defect] = samples
     if gt_dir.is_dir():
         for g in _subdirs(gt_dir):
             if g.name not in anomalies and g.name not in normal and list_image_files(g, mask_extensions):
-                raise FileNotFoundError(f"mask folder without images: {g} (missing {test_dir / g.name})")
+                raise InputNotFound(f"mask folder without images: {g} (missing {test_dir / g.name})")
     return CategoryIndex(root=root, layout=layout, category=category, train_good=train_files,
                          test_good=good_files, anomalies=anomalies)
 

@@ -35,6 +35,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ldm.data.masks import perlin_noise
+from utils.errors import UserError
 
 __all__ = [
     "TEXTURES",
@@ -80,7 +81,7 @@ The defects are synthetic; they are not photographs of real defects.
 def load_texture(name: str) -> np.ndarray:
     """The greyscale uint8 texture ``name`` from ``skimage.data`` (no network access)."""
     if name not in TEXTURES:
-        raise ValueError(f"unknown texture '{name}'; available: {', '.join(TEXTURES)}")
+        raise UserError(f"unknown texture '{name}'; available: {', '.join(TEXTURES)}")
     import skimage.data
     a = np.asarray(getattr(skimage.data, name)())
     if a.ndim == 3:
@@ -227,10 +228,10 @@ DEFECTS = tuple(DEFECT_RENDERERS)
 def render_defect(name: str, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Draw defect ``name`` on an RGB uint8 image; returns (image, bool mask)."""
     if name not in DEFECT_RENDERERS:
-        raise ValueError(f"unknown defect '{name}'; available: {', '.join(DEFECT_RENDERERS)}")
+        raise UserError(f"unknown defect '{name}'; available: {', '.join(DEFECT_RENDERERS)}")
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError(f"render_defect expects H×W×3 uint8, got {img.shape} {img.dtype}")
+        raise UserError(f"render_defect expects H×W×3 uint8, got {img.shape} {img.dtype}")
     return DEFECT_RENDERERS[name](img, rng)
 
 
@@ -281,7 +282,7 @@ def _render_files(args: dict) -> dict[str, bytes]:
         regions = {"train": gray[:cut], "test": gray[cut:]}
         for name, reg in regions.items():
             if size > min(reg.shape[0], reg.shape[1]):
-                raise ValueError(f"--size {size} does not fit the {name} region of '{tex}' "
+                raise UserError(f"--size {size} does not fit the {name} region of '{tex}' "
                                  f"({reg.shape[1]}x{reg.shape[0]}); use --size <= "
                                  f"{min(min(r.shape) for r in regions.values())}")
         gain = TEXTURES[tex][1]
@@ -342,15 +343,15 @@ def build_texture_ad(out, size: int = 128, train_good: int = 40, test_good: int 
     for name, v in (("size", size), ("train_good", train_good), ("test_good", test_good),
                     ("per_defect", per_defect)):
         if int(v) < (8 if name == "size" else 1):
-            raise ValueError(f"--{name.replace('_', '-')} must be >= {8 if name == 'size' else 1}, got {v}")
+            raise UserError(f"--{name.replace('_', '-')} must be >= {8 if name == 'size' else 1}, got {v}")
     if int(seed) < 0:
-        raise ValueError(f"--seed must be >= 0, got {seed}")
+        raise UserError(f"--seed must be >= 0, got {seed}")
     for t in textures:
         if t not in TEXTURES:
-            raise ValueError(f"unknown texture '{t}'; available: {', '.join(TEXTURES)}")
+            raise UserError(f"unknown texture '{t}'; available: {', '.join(TEXTURES)}")
     for d in defects:
         if d not in DEFECT_RENDERERS:
-            raise ValueError(f"unknown defect '{d}'; available: {', '.join(DEFECT_RENDERERS)}")
+            raise UserError(f"unknown defect '{d}'; available: {', '.join(DEFECT_RENDERERS)}")
     args = _plan_args(size, train_good, test_good, per_defect, seed, textures, defects)
     result = {"out": out, "written": False, "categories": list(textures)}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ldm.data.io import natural_key
 from ldm.data.layouts import AnomalySample, CategoryIndex, check_category
+from utils.errors import InputNotFound, UserError
 
 __all__ = ["list_categories", "index_category", "read_split_csv", "DEFECT", "REQUIRED_COLUMNS"]
 
@@ -27,20 +28,20 @@ def read_split_csv(root: Path, split_csv: str = DEFAULT_CSV) -> list[tuple[int, 
     """(line number, row) pairs of the split CSV, after checking its columns."""
     path = Path(root) / split_csv
     if not path.is_file():
-        raise FileNotFoundError(f"VisA split file not found: {path}")
+        raise InputNotFound(f"VisA split file not found: {path}")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = [h.strip() for h in (reader.fieldnames or [])]
             missing = [c for c in REQUIRED_COLUMNS if c not in header]
             if missing:
-                raise ValueError(f"VisA split file {path} lacks column(s) {', '.join(missing)} "
+                raise UserError(f"VisA split file {path} lacks column(s) {', '.join(missing)} "
                                  f"(header: {','.join(header) or 'empty'})")
             reader.fieldnames = header
             rows = [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k})
                     for row in reader]
     except UnicodeDecodeError as e:
-        raise ValueError(f"VisA split file {path} is not UTF-8 text: {e}") from None
+        raise UserError(f"VisA split file {path} is not UTF-8 text: {e}") from None
     return rows
 
 
@@ -62,10 +63,10 @@ def index_category(root: Path, category: str, split_csv: str = DEFAULT_CSV) -> C
             continue
         where = f"{csv_path}:{line}"
         if not r["image"]:
-            raise ValueError(f"{where}: empty image path")
+            raise UserError(f"{where}: empty image path")
         image = root / r["image"]
         if not image.is_file():
-            raise FileNotFoundError(f"image file not found: {image} (listed in {where})")
+            raise InputNotFound(f"image file not found: {image} (listed in {where})")
         label, split = r["label"].lower(), r["split"].lower()
         if label == "normal":
             if split == "train":
@@ -73,18 +74,18 @@ def index_category(root: Path, category: str, split_csv: str = DEFAULT_CSV) -> C
             elif split == "test":
                 test_good.append(image)
             else:
-                raise ValueError(f"{where}: split must be train or test, got '{r['split']}'")
+                raise UserError(f"{where}: split must be train or test, got '{r['split']}'")
         elif label == "anomaly":
             if not r["mask"]:
-                raise FileNotFoundError(f"image without mask: {image} (empty mask column in {where})")
+                raise InputNotFound(f"image without mask: {image} (empty mask column in {where})")
             mask = root / r["mask"]
             if not mask.is_file():
-                raise FileNotFoundError(f"mask file not found: {mask} (for image {image}, {where})")
+                raise InputNotFound(f"mask file not found: {mask} (for image {image}, {where})")
             bad.append(AnomalySample(image=image, mask=mask, category=category, defect=DEFECT))
         else:
-            raise ValueError(f"{where}: label must be normal or anomaly, got '{r['label']}'")
+            raise UserError(f"{where}: label must be normal or anomaly, got '{r['label']}'")
     if not train_good:
-        raise ValueError(f"empty split: no train/normal rows for '{category}' in {csv_path}")
+        raise UserError(f"empty split: no train/normal rows for '{category}' in {csv_path}")
     key = lambda p: natural_key(str(p.relative_to(root)))  # noqa: E731
     train_good.sort(key=key)
     test_good.sort(key=key)

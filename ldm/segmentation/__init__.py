@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from utils.errors import InputNotFound, UserError
+
 ARCHS = ("unet", "segformer-tiny", "segformer-b0", "segformer-b1", "segformer-b2")
 
 
@@ -23,7 +25,7 @@ def build_segmenter(arch: str = "unet", num_classes: int = 2, **kwargs) -> torch
         from ldm.segmentation.segformer import SegFormerSegmenter
 
         return SegFormerSegmenter(variant=arch.split("-", 1)[1], num_classes=num_classes, **kwargs)
-    raise ValueError(f"unknown segmenter '{arch}'; known: {', '.join(ARCHS)}")
+    raise UserError(f"unknown segmenter '{arch}'; known: {', '.join(ARCHS)}")
 
 
 def segmenter_spec(model: torch.nn.Module, arch: str, num_classes: int = 2, **kwargs) -> dict:
@@ -38,10 +40,10 @@ def load_segmenter(path, map_location="cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a segmenter from a checkpoint written by ``ldm.segmentation.train``; returns (model, ckpt)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"segmenter checkpoint not found: {path}")
+        raise InputNotFound(f"segmenter checkpoint not found: {path}")
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(ckpt, dict) or "spec" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"{path}: not a segmenter checkpoint (keys 'spec' and 'state_dict' expected)")
+        raise UserError(f"{path}: not a segmenter checkpoint (keys 'spec' and 'state_dict' expected)")
     spec = ckpt["spec"]
     model = build_segmenter(spec["arch"], spec.get("num_classes", 2), **spec.get("kwargs", {}))
     model.load_state_dict(ckpt["state_dict"])

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from ldm.data.io import IMAGE_EXTENSIONS, is_image_file, load_image, load_mask, natural_key
 from ldm.data.layouts import CategoryIndex, split_anomalies
+from utils.errors import InputNotFound, UserError
 
 EVAL_SET_DESCRIPTION = "real held-out anomalies (evaluation side of the split) + test/good"
 
@@ -39,13 +40,13 @@ class PairRecord:
 def _pairs_in(anomaly_dir: Path, sample: str, anomaly: str) -> list[PairRecord]:
     img_dir, mask_dir = anomaly_dir / "image", anomaly_dir / "mask"
     if not mask_dir.is_dir():
-        raise FileNotFoundError(f"pairs folder without mask/: {mask_dir}")
+        raise InputNotFound(f"pairs folder without mask/: {mask_dir}")
     masks = {p.stem: p for p in mask_dir.iterdir() if is_image_file(p, IMAGE_EXTENSIONS)}
     out = []
     for img in sorted((p for p in img_dir.iterdir() if is_image_file(p, IMAGE_EXTENSIONS)),
                       key=lambda p: natural_key(p.name)):
         if img.stem not in masks:
-            raise FileNotFoundError(f"generated image without mask: {img} (expected {mask_dir / img.stem}.png)")
+            raise InputNotFound(f"generated image without mask: {img} (expected {mask_dir / img.stem}.png)")
         out.append(PairRecord(img, masks[img.stem], sample, anomaly))
     return out
 
@@ -58,7 +59,7 @@ def scan_pairs(root, sample_name: str | None = None) -> list[PairRecord]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"pairs folder not found: {root}")
+        raise InputNotFound(f"pairs folder not found: {root}")
     if (root / "image").is_dir():
         return _pairs_in(root, root.parent.name, root.name)
 
@@ -68,7 +69,7 @@ def scan_pairs(root, sample_name: str | None = None) -> list[PairRecord]:
 
     if any((d / "image").is_dir() for d in subdirs(root)):          # root is one sample folder
         if sample_name is not None and root.name != sample_name:
-            raise ValueError(f"pairs folder {root} is sample '{root.name}', not '{sample_name}'")
+            raise UserError(f"pairs folder {root} is sample '{root.name}', not '{sample_name}'")
         return [r for d in subdirs(root) if (d / "image").is_dir() for r in _pairs_in(d, root.name, d.name)]
     out = []
     for s in subdirs(root):
@@ -87,7 +88,7 @@ def split_validation(records: Sequence[PairRecord], fraction: float, seed: int =
     if fraction <= 0 or len(records) < 2:
         return records, []
     if fraction >= 1:
-        raise ValueError(f"--val_fraction must be < 1, got {fraction}")
+        raise UserError(f"--val_fraction must be < 1, got {fraction}")
     order = np.random.default_rng(seed).permutation(len(records))
     n_val = min(len(records) - 1, max(1, int(round(fraction * len(records)))))
     val = [records[i] for i in sorted(order[:n_val])]
@@ -122,12 +123,12 @@ class MixedTrainSet(Dataset):
     def __init__(self, pairs: Sequence[PairRecord], normal_paths: Sequence[Path], size=256, length: int = 1000,
                  normal_ratio: float = 0.5, seed: int = 0, augment: bool = True):
         if not 0.0 <= normal_ratio <= 1.0:
-            raise ValueError(f"normal_ratio must be in [0, 1], got {normal_ratio}")
+            raise UserError(f"normal_ratio must be in [0, 1], got {normal_ratio}")
         self.pairs, self.normals = list(pairs), [Path(p) for p in normal_paths]
         if not self.pairs and normal_ratio < 1.0:
-            raise ValueError("no synthetic pairs to train on (empty pairs folder?)")
+            raise UserError("no synthetic pairs to train on (empty pairs folder?)")
         if not self.normals and normal_ratio > 0.0:
-            raise ValueError("no normal training images (train/good is empty)")
+            raise UserError("no normal training images (train/good is empty)")
         self.size, self.length, self.normal_ratio = size, int(length), float(normal_ratio)
         self.seed, self.augment = int(seed), bool(augment)
 
@@ -169,7 +170,7 @@ class EvaluationSet(Dataset):
         if include_good:
             self.items.extend((p, None, "good") for p in index.test_good)
         if not self.items:
-            raise ValueError(f"category '{index.category}' under {index.root}: no test images to evaluate on")
+            raise UserError(f"category '{index.category}' under {index.root}: no test images to evaluate on")
 
     @property
     def description(self) -> str:

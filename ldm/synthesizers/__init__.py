@@ -6,6 +6,8 @@ H×W×3 float images in [-1, 1] and H×W {0, 1} masks; ``common.synthesize_pairs
 """
 from __future__ import annotations
 
+from utils.errors import UserError
+
 METHODS = ("draem", "cutpaste", "normal")
 
 
@@ -23,4 +25,4 @@ def get_synthesizer(name: str, size=256, **kwargs):
         from ldm.synthesizers.normal import NormalSynthesizer
 
         return NormalSynthesizer(**kwargs)
-    raise ValueError(f"unknown --method '{name}'; known: {', '.join(METHODS)}")
+    raise UserError(f"unknown --method '{name}'; known: {', '.join(METHODS)}")

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ldm.data.io import save_png_atomic
+from utils.errors import UserError
 
 SUBDIRS = ("image", "mask", "image-mask-ori")
 Synthesizer = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple]
@@ -25,7 +26,7 @@ Synthesizer = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple]
 def check_name(name: str, what: str) -> str:
     """Sample/anomaly names become folder names: refuse separators and empties with a one-line error."""
     if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise ValueError(f"invalid {what} name {name!r} (must be a plain folder name)")
+        raise UserError(f"invalid {what} name {name!r} (must be a plain folder name)")
     return name
 
 
@@ -48,7 +49,7 @@ class PairWriter:
         original = np.clip(np.asarray(original, np.float32), -1.0, 1.0)
         m = np.asarray(mask) > 0.5
         if image.shape != original.shape or image.ndim != 3 or m.shape != image.shape[:2]:
-            raise ValueError(f"pair {n} for {self.root}: image {image.shape}, mask {m.shape} and original "
+            raise UserError(f"pair {n} for {self.root}: image {image.shape}, mask {m.shape} and original "
                              f"{original.shape} must agree (H×W×3, H×W)")
         p = self.paths(n)
         save_png_atomic(image, p["image"])
@@ -71,7 +72,7 @@ def synthesize_pairs(synth: Synthesizer, inputs, writer: PairWriter, n_samples: 
     """
     n_samples = len(inputs) if n_samples is None else int(n_samples)
     if n_samples > len(inputs):
-        raise ValueError(f"--n_samples {n_samples} exceeds the {len(inputs)} generation inputs")
+        raise UserError(f"--n_samples {n_samples} exceeds the {len(inputs)} generation inputs")
     t0 = time.perf_counter()
     written = skipped = 0
     for n in tqdm(range(n_samples), desc=desc, disable=not progress, leave=False):
@@ -108,11 +109,11 @@ def make_mask_source(kind: str, size, seed: int, layout: str = "mvtec", root=Non
         return PerlinMasks(size=size, seed=seed)
     if kind in ("real", "augmented"):
         if root is None or category is None or defect is None:
-            raise ValueError(f"--mask_source {kind} needs --data_root, --category and --defect")
+            raise UserError(f"--mask_source {kind} needs --data_root, --category and --defect")
         cls = RealMasks if kind == "real" else AugmentedMasks
         return cls(size=size, seed=seed, root=root, category=category, defect=defect, layout=layout,
                    anomaly_split=split)
-    raise ValueError(f"--mask_source must be one of {', '.join(MASK_SOURCES)}, got {kind!r}")
+    raise UserError(f"--mask_source must be one of {', '.join(MASK_SOURCES)}, got {kind!r}")
 
 
 MANIFEST = "synthesis.json"
@@ -133,10 +134,10 @@ def check_manifest(folder: Path, settings: dict) -> None:
         try:
             old = json.loads(path.read_text())
         except ValueError:
-            raise ValueError(f"{path}: unreadable synthesis manifest; delete the folder to regenerate") from None
+            raise UserError(f"{path}: unreadable synthesis manifest; delete the folder to regenerate") from None
         if old != json.loads(text):
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != json.loads(text).get(k))
-            raise ValueError(f"{path.parent} was written with other settings ({', '.join(diff)} differ); "
+            raise UserError(f"{path.parent} was written with other settings ({', '.join(diff)} differ); "
                              "use another --out or delete that folder")
         return
     write_text_atomic(path, text)

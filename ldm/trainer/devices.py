@@ -19,6 +19,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+from utils.errors import UserError
+
 
 @dataclass(frozen=True)
 class DeviceChoice:
@@ -51,15 +53,15 @@ def parse_gpus(value: str | int | None, cuda_count: int | None = None) -> Device
         try:
             ids = [int(p) for p in parts]
         except ValueError:
-            raise ValueError(f"--gpus '{value}': expected device indices like '0', '0,' or '0,1', or -1 for all") from None
+            raise UserError(f"--gpus '{value}': expected device indices like '0', '0,' or '0,1', or -1 for all") from None
         if not ids or any(i < 0 for i in ids):
-            raise ValueError(f"--gpus '{value}': device indices must be >= 0 (use -1 for all GPUs)")
+            raise UserError(f"--gpus '{value}': device indices must be >= 0 (use -1 for all GPUs)")
         if len(set(ids)) != len(ids):
-            raise ValueError(f"--gpus '{value}': a device is listed twice")
+            raise UserError(f"--gpus '{value}': a device is listed twice")
     if cuda_count == 0:
         warnings.warn(f"--gpus {value}: no GPU is visible, training on the CPU")
         return DeviceChoice("cpu", 1)
     missing = [i for i in ids if i >= cuda_count]
     if missing:
-        raise ValueError(f"--gpus '{value}': device(s) {missing} do not exist ({cuda_count} GPU(s) visible)")
+        raise UserError(f"--gpus '{value}': device(s) {missing} do not exist ({cuda_count} GPU(s) visible)")
     return DeviceChoice("gpu", ids, "ddp" if len(ids) > 1 else "auto")

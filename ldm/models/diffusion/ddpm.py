@@ -495,13 +495,15 @@ class LatentDiffusion(DDPM):
     # ------------------------------------------------------------------ training
     def shared_step(self, batch, **kwargs):
         z, c = self.get_input(batch, self.first_stage_key)
-        return self(z, c, batch=batch)
+        return self(z, c)
 
-    def forward(self, x, c, *args, batch=None, **kwargs):
+    def forward(self, x, c, *args, **kwargs):
+        """Sample timesteps, encode trainable conditioning, and compute the loss; extra keyword
+        arguments (a subclass's own inputs, e.g. FAST's latent mask) go to ``p_losses``."""
         t = self.sample_timesteps(x.shape[0])
         if self.model.conditioning_key is not None and self.needs_conditioning_grad() and not torch.is_tensor(c):
             c = self.get_learned_conditioning(c)
-        return self.p_losses(x, c, t, batch=batch)
+        return self.p_losses(x, c, t, **kwargs)
 
     def apply_model(self, x_noisy, t, cond, return_ids: bool = False):
         if cond is None or isinstance(cond, dict):
@@ -511,7 +513,7 @@ class LatentDiffusion(DDPM):
             cond = {key: cond if isinstance(cond, list) else [cond]}
         return self.model(x_noisy, t, **cond)
 
-    def p_losses(self, x_start, cond, t, noise=None, batch=None):
+    def p_losses(self, x_start, cond, t, noise=None):
         noise = default(noise, lambda: torch.randn_like(x_start))
         x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
         model_output = self.apply_model(x_noisy, t, cond)

@@ -84,11 +84,16 @@ class FAST(LatentDiffusion):
         return lambda x, mask, t: self.FARM(x, mask, t)
 
     # ------------------------------------------------------------------ training
-    def p_losses(self, x_start, cond, t, noise=None, batch=None):
-        if batch is None:
-            raise ValueError("FAST.p_losses needs the batch (for its masks)")
+    def shared_step(self, batch, **kwargs):
+        z, c = self.get_input(batch, self.first_stage_key)
+        return self(z, c, mask=self.get_latent_mask(batch, z.shape[-2:]))
+
+    def p_losses(self, x_start, cond, t, noise=None, mask=None):
+        """The FAST loss for latent mask ``mask`` (B×1×h×w, {0,1}; see ``latent_mask``)."""
+        if mask is None:
+            raise ValueError("FAST.p_losses needs the latent anomaly mask")
         noise = default(noise, lambda: torch.randn_like(x_start))
-        m = self.get_latent_mask(batch, x_start.shape[-2:])
+        m = mask.to(device=x_start.device, dtype=x_start.dtype)
         x_t = self.q_sample(x_start, t, noise)
         x0_an = self.FARM(x_t, m, t)
         x_hat_t = (1.0 - m) * x_t + m * self.q_sample(x0_an, t, noise)

@@ -24,6 +24,8 @@ import string
 import tempfile
 from pathlib import Path
 
+from utils.errors import InputNotFound
+
 __all__ = [
     "BERT_VOCAB_SIZE",
     "ENV_VAR",
@@ -214,17 +216,17 @@ def resolve_vocab_dir(path: str | os.PathLike | None = None) -> tuple[Path, str]
             return p, f"tokenizer_path={p}"
         if (p / "vocab.txt").is_file():
             return p, f"tokenizer_path={p}"
-        raise FileNotFoundError(f"tokenizer_path '{p}' is not a vocab.txt file nor a directory containing vocab.txt; {_HOW_TO_GET}")
+        raise InputNotFound(f"tokenizer_path '{p}' is not a vocab.txt file nor a directory containing vocab.txt; {_HOW_TO_GET}")
     env = os.environ.get(ENV_VAR)
     if env:
         p = Path(env).expanduser()
         if (p / "vocab.txt").is_file() or p.is_file():
             return p, f"{ENV_VAR}={p}"
-        raise FileNotFoundError(f"{ENV_VAR}='{p}' does not contain vocab.txt; {_HOW_TO_GET}")
+        raise InputNotFound(f"{ENV_VAR}='{p}' does not contain vocab.txt; {_HOW_TO_GET}")
     pkg = _package_vocab_dir()
     if pkg is not None:
         return pkg, f"package {PACKAGE}"
-    raise FileNotFoundError(f"no BERT vocab found (no tokenizer_path, {ENV_VAR} unset, package {PACKAGE} not installed); {_HOW_TO_GET}")
+    raise InputNotFound(f"no BERT vocab found (no tokenizer_path, {ENV_VAR} unset, package {PACKAGE} not installed); {_HOW_TO_GET}")
 
 
 _LOADED: dict[str, object] = {}
