@@ -11,16 +11,18 @@ from .guidance import MaskGuidance, paste
 from .kernels import compose_single_steps, ddim_coefficients, segment_coefficients
 from .plms import PLMSSampler
 from .rng import BatchRNG
+from .stage import STAGESampler
 
-SAMPLERS = ("aias", "ddpm", "ddim", "plms")
+SAMPLERS = ("aias", "ddpm", "ddim", "plms", "stage")
 
 __all__ = ["AIASSampler", "BatchRNG", "DDIMSampler", "DDPMSampler", "MaskGuidance", "PLMSSampler", "SAMPLERS",
-           "Sampler", "Step", "aias_boundaries", "build_sampler", "compose_single_steps", "ddim_coefficients",
-           "ddim_timesteps", "paste", "segment_coefficients"]
+           "STAGESampler", "Sampler", "Step", "aias_boundaries", "build_sampler", "compose_single_steps",
+           "ddim_coefficients", "ddim_timesteps", "paste", "segment_coefficients"]
 
 
 def build_sampler(name: str, schedule: NoiseSchedule, steps: int | None = None, **kw) -> Sampler:
-    """Sampler by name. For ``aias``, ``steps`` is the total NFE: segments = steps - refine_steps."""
+    """Sampler by name. For ``aias``, ``steps`` is the total NFE: segments = steps - refine_steps.
+    For ``stage``, ``steps`` is the NFE too (None: every timestep, the official loop)."""
     name = name.lower()
     if name == "aias":
         if steps is not None:
@@ -36,4 +38,6 @@ def build_sampler(name: str, schedule: NoiseSchedule, steps: int | None = None, 
         return DDIMSampler(schedule, steps=50 if steps is None else int(steps), **kw)
     if name == "plms":
         return PLMSSampler(schedule, steps=50 if steps is None else int(steps), **kw)
+    if name == "stage":  # two-branch STAGE loop; steps None (or T): the official 1000-step DDPM loop
+        return STAGESampler(schedule, steps=steps, **kw)
     raise ValueError(f"unknown sampler '{name}' ({', '.join(SAMPLERS)})")

@@ -1,0 +1,228 @@
+"""STAGE: LatentDiffusion with two mask-guidance adapters (method.md §10, official ``Chhro123/STAGE``).
+
+Training step (official ``p_losses``), with M the binary latent mask and t, ε, ε' drawn per sample::
+
+    M_t    = α_t·(1 − M) + M,  α_t = clip((t − 200)/800, 0, 1)      # explicit mask alignment
+    x_t    = q(x0, t, ε)                                           # anomaly-aware branch input
+    m_t    = q(M ⊙ x0, t, ε')                                      # anomaly-only branch input (ε' independent)
+    ε̂_img  = MGA_image(UNet(x_t, t, c), M_t)
+    ε̂_mask = MGA_mask(UNet(m_t, t, c), M)
+    loss   = λ_img·mean‖M_t ⊙ (ε − ε̂_img)‖² + λ_mask·mean‖ε' − ε̂_mask‖²   # λ_img = l_simple_weight = 4, λ_mask = 1
+
+(each term also carries the CompVis ``logvar`` / ELBO bookkeeping, as in the official code; with the
+defaults ``logvar = 0`` and ``original_elbo_weight = 0`` the loss is exactly the line above; ``loss_type:
+l1`` takes absolute values instead of squares, the official fork's default.)
+
+Only the anomaly embeddings and both adapters train; UNet, autoencoder and text encoder are frozen.
+Sampling is the two-branch loop of :mod:`ldm.models.diffusion.samplers.stage` (official: 1000-step
+DDPM; accelerated: exact closed-form segments). Artifacts: ``embeddings_gs-{N}.pt``,
+``fine_image-{N}.pt``, ``fine_mask-{N}.pt`` (the official file names, here plain state dicts).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ldm.models.diffusion.adaptor import MGA, apply_adaptor, build_adaptor
+from ldm.models.diffusion.artifacts import ArtifactsMixin, available_steps
+from ldm.models.diffusion.ddpm import DDPM, LatentDiffusion
+from ldm.models.diffusion.fast import latent_mask
+from ldm.models.diffusion.samplers.stage import OFFICIAL_WINDOWS, STAGESampler, explicit_mask
+from ldm.util import default
+from utils.errors import UserError
+
+STAGE_SAMPLERS = ("stage", "ddpm")
+# FAST's guidance options (FARM re-injection, windowed write-back): accepted so one generation call
+# serves both models, and ignored -- STAGE's background handling is part of its sampler.
+FAST_ONLY_GUIDANCE = ("farm_mode", "writeback")
+
+
+class STAGE(ArtifactsMixin, LatentDiffusion):
+    ARTIFACT_MODULES = (("fine_image", "fine_image"), ("fine_mask", "fine_mask"))
+
+    def __init__(self, adaptor: str = "replace", adaptor_widths=(64, 256, 512, 256, 64),
+                 mask_loss_weight: float = 1.0, mask_schedule: str = "linear", shrink_end: int = 200,
+                 windows=OFFICIAL_WINDOWS, paste: bool = True, mask_key: str = "mask",
+                 mask_threshold: float = 0.5, *args, **kwargs):
+        kwargs.setdefault("l_simple_weight", 4.0)  # λ_img of the official fork
+        kwargs.setdefault("parameterization", "eps")
+        if kwargs["parameterization"] != "eps":
+            raise UserError("STAGE needs parameterization 'eps' (both losses are noise losses)")
+        kwargs.setdefault("clip_denoised", False)
+        ckpt_path = kwargs.pop("ckpt_path", None)
+        ignore_keys = kwargs.pop("ignore_keys", [])
+        super().__init__(*args, **kwargs)
+        if adaptor == "off":
+            raise UserError("STAGE adaptor must be 'replace' (official) or 'residual'; "
+                            "with 'off' the two branches would be the same network")
+        self.adaptor_mode = adaptor
+        widths = tuple(adaptor_widths)
+        self.fine_image = build_adaptor(adaptor, self.channels, widths, cls=MGA)
+        self.fine_mask = build_adaptor(adaptor, self.channels, widths, cls=MGA)
+        self.mask_loss_weight = float(mask_loss_weight)
+        self.mask_schedule = mask_schedule
+        self.shrink_end = int(shrink_end)
+        explicit_mask(torch.zeros(1, 1, 1, 1), 0, self.num_timesteps, self.shrink_end, mask_schedule)  # validate
+        self.windows = tuple(tuple(int(v) for v in w) for w in windows)
+        self.paste = bool(paste)
+        self.mask_key = mask_key
+        self.mask_threshold = mask_threshold
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys)
+            self.restarted_from_ckpt = True
+
+    # ------------------------------------------------------------------ model pieces
+    def get_latent_mask(self, batch, size) -> torch.Tensor:
+        if self.mask_key not in batch:
+            raise KeyError(f"STAGE needs the batch key '{self.mask_key}' (anomaly masks)")
+        return latent_mask(batch[self.mask_key].to(self.device), size, self.mask_threshold)
+
+    def training_mask(self, mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """M_t for per-sample training timesteps t (the official ``EMA(step=t)``)."""
+        return explicit_mask(mask, t, self.num_timesteps, self.shrink_end, self.mask_schedule)
+
+    def adapter(self, branch: str):
+        if branch == "aware":
+            return self.fine_image
+        if branch == "only":
+            return self.fine_mask
+        raise ValueError(f"unknown STAGE branch '{branch}' (aware, only)")
+
+    def apply_model(self, x_noisy, t, cond, return_ids: bool = False, mask: torch.Tensor | None = None,
+                    branch: str = "aware"):
+        """UNet ε̂, then the branch's adapter with ``mask`` (M_t for ``aware``, M for ``only``)."""
+        eps = super().apply_model(x_noisy, t, cond)
+        return apply_adaptor(self.adapter(branch), self.adaptor_mode, eps, mask)
+
+    def branch_denoiser(self, cond):
+        """``(x, t, branch, mask) -> ε̂`` for :class:`STAGESampler`."""
+        def eps_fn(x, t, branch: str = "aware", mask: torch.Tensor | None = None):
+            return self.apply_model(x, t, cond, mask=mask, branch=branch)
+        return eps_fn
+
+    # ------------------------------------------------------------------ training
+    def shared_step(self, batch, **kwargs):
+        z, c = self.get_input(batch, self.first_stage_key)
+        return self(z, c, mask=self.get_latent_mask(batch, z.shape[-2:]))
+
+    def p_losses(self, x_start, cond, t, noise=None, mask=None, noise_mask=None):
+        """The STAGE loss for latent mask ``mask`` (B×1×h×w, {0,1}); ``noise`` is ε, ``noise_mask`` ε'."""
+        if mask is None:
+            raise ValueError("STAGE.p_losses needs the latent anomaly mask")
+        noise = default(noise, lambda: torch.randn_like(x_start))
+        noise_mask = default(noise_mask, lambda: torch.randn_like(x_start))
+        m = mask.to(device=x_start.device, dtype=x_start.dtype)
+        m_t = self.training_mask(m, t)
+        x_t = self.q_sample(x_start, t, noise)
+        m_noisy = self.q_sample(m * x_start, t, noise_mask)
+        if torch.is_tensor(cond):  # one UNet pass for both inputs (the UNet has no batch statistics)
+            n = x_start.shape[0]
+            eps_unet = LatentDiffusion.apply_model(self, torch.cat([x_t, m_noisy]), torch.cat([t, t]),
+                                                   torch.cat([cond, cond]))
+            eps_img, eps_mask = eps_unet[:n], eps_unet[n:]
+        else:
+            eps_img = LatentDiffusion.apply_model(self, x_t, t, cond)
+            eps_mask = LatentDiffusion.apply_model(self, m_noisy, t, cond)
+        eps_img = apply_adaptor(self.fine_image, self.adaptor_mode, eps_img, m_t)
+        eps_mask = apply_adaptor(self.fine_mask, self.adaptor_mode, eps_mask, m)
+        prefix = "train" if self.training else "val"
+        simple_img, vlb_img, raw_img = self._noise_term(m_t * eps_img, m_t * noise, t)
+        simple_mask, vlb_mask, raw_mask = self._noise_term(eps_mask, noise_mask, t)
+        loss = (self.l_simple_weight * simple_img + self.mask_loss_weight * simple_mask
+                + self.original_elbo_weight * (vlb_img + vlb_mask))
+        loss_dict = {f"{prefix}/loss_simple": raw_img, f"{prefix}/loss_mask": raw_mask,
+                     f"{prefix}/loss_vlb": vlb_img.detach(), f"{prefix}/loss_mask_vlb": vlb_mask.detach(),
+                     f"{prefix}/loss": loss}
+        return self.add_embedding_regulariser(loss, loss_dict)
+
+    def _noise_term(self, pred, target, t):
+        """(mean(L_t/exp(logvar_t) + logvar_t), ELBO term, detached plain mean) for one noise loss."""
+        per_sample = self.get_loss(pred, target, mean=False).mean(dim=list(range(1, pred.ndim)))
+        logvar_t = self.logvar[t]
+        simple = (per_sample / torch.exp(logvar_t) + logvar_t).mean()
+        vlb = (self.lvlb_weights[t] * per_sample).mean()
+        return simple, vlb, per_sample.mean().detach()
+
+    def trainable_parameters(self):
+        params = super().trainable_parameters()
+        params += list(self.fine_image.parameters()) + list(self.fine_mask.parameters())
+        return params
+
+    # ------------------------------------------------------------------ generation
+    def make_sampler(self, name: str = "stage", steps: int | None = None, **opts) -> STAGESampler:
+        """``stage`` (``steps`` = network calls; None = every timestep) or ``ddpm`` (the official
+        1000-step loop). ``opts`` go to :class:`STAGESampler`; the model's windows / mask schedule are
+        the defaults."""
+        name = name.lower()
+        if name not in STAGE_SAMPLERS:
+            raise UserError(f"STAGE samples with its two-branch loop: sampler must be one of "
+                            f"{', '.join(STAGE_SAMPLERS)}, got '{name}'")
+        if name == "ddpm":
+            if steps is not None and int(steps) != self.num_timesteps:
+                raise UserError(f"ddpm always runs all {self.num_timesteps} steps, got steps={steps}")
+            steps = None
+        opts.setdefault("windows", self.windows)
+        opts.setdefault("mask_schedule", self.mask_schedule)
+        opts.setdefault("shrink_end", self.shrink_end)
+        return STAGESampler(self.schedule, steps=steps, **opts)
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, masks: torch.Tensor, captions: list[str], names: list[str] | None,
+                 sampler, rng, guidance_kw: dict | None = None, t_start: int | None = None) -> torch.Tensor:
+        """Normal images (B×3×H×W, [-1,1]) + masks (B×1×H×W, {0,1}) → synthetic anomalous images.
+
+        ``sampler`` comes from ``make_sampler``. ``guidance_kw`` may hold ``paste`` (default: the
+        model's ``paste``, on): copy the normal image's pixels outside the mask exactly. Official STAGE
+        does not paste. FAST's ``farm_mode`` / ``writeback`` are accepted and ignored.
+        """
+        from ldm.models.diffusion.samplers.guidance import MaskGuidance, paste
+
+        if not isinstance(sampler, STAGESampler):
+            raise TypeError(f"STAGE.generate needs a STAGESampler (model.make_sampler('stage', steps)), "
+                            f"got {type(sampler).__name__}")
+        if t_start is not None and sampler.t_start != int(t_start):
+            raise UserError(f"t_start={t_start} but the sampler starts at {sampler.t_start}; "
+                            "build the sampler with the same t_start")
+        kw = dict(guidance_kw or {})
+        do_paste = bool(kw.pop("paste", self.paste))
+        unknown = sorted(set(kw) - set(FAST_ONLY_GUIDANCE))
+        if unknown:
+            raise UserError(f"STAGE.generate: unknown guidance_kw {unknown} (STAGE takes 'paste')")
+        images = images.to(self.device)
+        masks = masks.to(self.device).float()
+        z_bg = self.encode_to_latent(images)
+        m = latent_mask(masks, z_bg.shape[-2:], self.mask_threshold)
+        cond = {"caption": list(captions), "name": list(names)} if names is not None else list(captions)
+        c = self.get_learned_conditioning(cond)
+        guidance = MaskGuidance(m, z_bg=z_bg, writeback="off")  # carries M and z_bg; STAGE's own hooks
+        z = sampler.sample(self.branch_denoiser(c), tuple(z_bg.shape), rng=rng, guidance=guidance,
+                           device=z_bg.device, dtype=z_bg.dtype)
+        decoded = self.decode_first_stage(z).clamp(-1.0, 1.0)
+        return paste(decoded, images, masks) if do_paste else decoded
+
+    @torch.no_grad()
+    def log_images(self, batch, N: int = 8, sample: bool = True, ddim_steps: int = 20, **kwargs):
+        """Inputs, masks and accelerated STAGE samples on the batch's own images and masks."""
+        from ldm.models.diffusion.samplers.rng import BatchRNG
+
+        x = DDPM.get_input(self, batch, self.first_stage_key)[:N].to(self.device)
+        masks = batch[self.mask_key][:N].to(self.device).float()
+        if masks.ndim == 4:
+            masks = masks[:, 0]
+        log = {"inputs": x, "masks": masks[:, None].expand(-1, 3, -1, -1) * 2 - 1}
+        if sample:
+            raw = self.get_raw_conditioning(batch, bs=x.shape[0])
+            captions = raw["caption"] if isinstance(raw, dict) else raw
+            names = raw.get("name") if isinstance(raw, dict) else None
+            # the aligned grid needs one segment per branch interval (at most 2·windows + 1)
+            steps = max(int(ddim_steps), 2 * len(self.windows) + 1)
+            sampler = self.make_sampler("stage", steps)
+            rng = BatchRNG(list(range(x.shape[0])))
+            log["samples"] = self.generate(x, masks[:, None], captions, names, sampler, rng)
+        return log
+
+
+def available_artifact_steps(dirpath: str | os.PathLike) -> list[int]:
+    """Steps for which ``fine_image-{step}.pt`` exists (the unit of ``--weight_idx``)."""
+    return available_steps(dirpath, "fine_image")
