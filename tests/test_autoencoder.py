@@ -3,23 +3,16 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
-
-pl = pytest.importorskip("pytorch_lightning")
 
 from ldm.models.autoencoder import AutoencoderKL, IdentityFirstStage, VQModelInterface
 from ldm.modules.diffusionmodules.model import AttnBlock, Decoder, Encoder
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.modules.losses.contperceptual import KLReconstructionLoss, LPIPSWithDiscriminator
-
-TSV_NAME = "ldm-txt2img-large-state-dict.tsv"
-TSV_CANDIDATES = [
-    Path(__file__).resolve().parents[1] / "shared" / "reference" / TSV_NAME,
-    Path("/work/shared/reference") / TSV_NAME,
-]
+from tests.reference_manifest import checkpoint_keys
 
 LARGE_DDCONFIG = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128,
                       ch_mult=[1, 2, 4, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0)
@@ -38,17 +31,7 @@ def tiny_ae(lossconfig=None, **kw):
 
 
 def _first_stage_manifest():
-    path = next((p for p in TSV_CANDIDATES if p.is_file()), None)
-    if path is None:
-        pytest.skip(f"{TSV_NAME} not available")
-    out = {}
-    for line in path.read_text().splitlines()[1:]:
-        key, shape, _dtype, group = line.split("\t")
-        if group == "first_stage":
-            assert key.startswith("first_stage_model.")
-            dims = tuple(int(d) for d in shape.split("x")) if shape else ()
-            out[key[len("first_stage_model."):]] = dims
-    return out
+    return checkpoint_keys(group="first_stage", prefix="first_stage_model.")
 
 
 def test_large_first_stage_matches_checkpoint_manifest_on_meta():

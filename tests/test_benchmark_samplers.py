@@ -1,5 +1,7 @@
 """scripts/benchmark_samplers.py: argument handling, the DDPM subset estimate, the SDPA probe, and one
-short end-to-end run on the tiny FAST config (CPU). No timing thresholds: only structure and order."""
+short end-to-end run on the tiny FAST config (CPU). Structure only: columns, NFE counts, and that the
+speed-ups are ratios of the very wall times the same run reports. Which sampler is faster is a timing
+claim; it belongs to the benchmark's printed output, not to a test on a shared machine."""
 import json
 
 import pytest
@@ -21,13 +23,11 @@ def test_sampler_list_parsing_and_errors():
             parse_sampler_list(bad)
 
 
-def test_cli_refuses_bf16_on_cpu_and_bad_estimate(capsys):
-    with pytest.raises(SystemExit):
+def test_cli_refuses_bf16_on_cpu_and_bad_estimate():
+    with pytest.raises(ValueError, match="--bf16"):
         parse_args(["--device", "cpu", "--bf16"])
-    assert "--bf16" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="--ddpm_estimate"):
         parse_args(["--device", "cpu", "--ddpm_estimate", "sometimes"])
-    assert "--ddpm_estimate" in capsys.readouterr().err
     a = parse_args(["--device", "cpu"])
     assert a.ddpm_estimate == "auto" and a.batch_size == 8
     assert [s[0] for s in a.sampler_list] == ["ddpm:1000", "ddim:50", "plms:50", "aias:50", "aias:10"]
@@ -75,10 +75,12 @@ def test_main_on_the_tiny_config(tmp_path, capsys):
         assert r["nfe"] == build_sampler(name, SCH, steps=int(steps)).nfe  # the sampler's own count
     nfe = {r["sampler"]: r["nfe"] for r in rows}
     assert nfe == {"ddpm:1000": 1000, "ddim:10": 10, "plms:3": 5, "aias:3": 3}
-    assert rows[0]["speedup_vs_ddpm1000"] == pytest.approx(1.0)
-    # fewer network calls -> higher speed-up, for pairs far enough apart in NFE not to hinge on noise
-    for a in rows:
-        for b in rows:
-            if a["nfe"] >= 2 * b["nfe"]:
-                assert b["speedup_vs_ddpm1000"] > a["speedup_vs_ddpm1000"], (a, b)
+    # every speed-up is the reference's wall time over this sampler's, both from this run's rows
+    ref = rows[0]["seconds_per_image"]
+    for r in rows:
+        assert r["speedup_vs_ddpm1000"] == pytest.approx(ref / r["seconds_per_image"], rel=1e-12), r
+    assert rows[0]["speedup_vs_ddpm1000"] == pytest.approx(1.0, rel=1e-12)
+    # the printed table shows the same numbers as the returned rows
+    for r in rows:
+        assert f"{r['speedup_vs_ddpm1000']:.1f}x" in printed and f"{r['overhead']:.3f}" in printed, r
     assert "1000~" in printed and "random" in printed and "skipped (CPU" in printed

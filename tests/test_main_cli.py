@@ -70,6 +70,11 @@ def test_resume_restores_weights_optimizer_and_step(ldm_run):
     assert trainer.global_step == 6
     state = trainer.optimizers[0].state
     assert state and all(int(s["step"]) == 6 for s in state.values())
+    # the resumed run keeps the run's lightning section: same checkpoint period, last.ckpt updated in place
+    ckpts = sorted(p.name for p in (logdir / "checkpoints").glob("*.ckpt"))
+    assert [c.split("-step=")[-1] for c in ckpts] == ["000000002.ckpt", "000000004.ckpt", "000000006.ckpt",
+                                                      "last.ckpt"], ckpts
+    assert torch.load(logdir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 6
 
 
 def test_log_folder_never_doubles_logs(tmp_path, monkeypatch):
@@ -89,13 +94,14 @@ def test_cli_errors_name_the_problem(tmp_path):
 
 
 def test_fast_on_top_of_the_ldm_exports_official_artifacts(ldm_run, texture_root, capsys):
-    work, ldm_dir, _, ldm_model = ldm_run
+    work, ldm_dir, _, _ = ldm_run
     train = {"target": "ldm.data.anomaly.AnomalyDataset",
              "params": {"root": "unused", "category": "x", "defect": "y", "size": 32, "repeats": 4}}
     model = fast_config(names=[])
     model["params"]["personalization_config"]["params"].pop("names")
     cfg = _write_config(work / "fast.yaml", model, train, every_n=2, max_steps=4)
     mvtec_path = texture_root / "brick" / "ground_truth" / "scratch"
+    backbone = torch.load(ldm_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     trainer, fast = main_mod.run(["--base", str(cfg), "-t", "-l", str(work / "logs"), "-lf", "fast",
                                   "--actual_resume", str(ldm_dir / "checkpoints" / "last.ckpt"),
                                   "--mvtec_path", str(mvtec_path) + "/", "--init_word", "scratch"])
@@ -106,7 +112,8 @@ def test_fast_on_top_of_the_ldm_exports_official_artifacts(ldm_run, texture_root
     for name in ("embeddings_gs-2.pt", "embeddings_gs-4.pt", "FARM-2.pt", "FARM-4.pt", "fine-4.pt",
                  "embeddings.pt", "last.ckpt"):
         assert (ckdir / name).is_file(), name
-    # the frozen backbone is the LDM's, unchanged by FAST training
-    for k, v in ldm_model.state_dict().items():
-        if k.startswith("model.diffusion_model."):
-            assert torch.equal(fast.state_dict()[k].cpu(), v.cpu()), k
+    # the frozen backbone is the --actual_resume checkpoint's, unchanged by FAST training
+    keys = [k for k in backbone if k.startswith("model.diffusion_model.")]
+    assert keys
+    for k in keys:
+        assert torch.equal(fast.state_dict()[k].cpu(), backbone[k]), k

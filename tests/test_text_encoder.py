@@ -9,7 +9,6 @@ import importlib.util
 import math
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,22 +21,14 @@ from ldm.modules.encoders.tokenizer import (
     tiny_vocab_dir,
 )
 from ldm.modules.x_transformer import Attention
+from tests.reference_manifest import checkpoint_keys
 
-REPO = Path(__file__).resolve().parents[1]
-# sha256 of the sorted "key<TAB>shape" lines of the manifest's cond_stage group, prefix stripped,
-# so the layout check runs even where shared/ is absent.
+# sha256 of the sorted "key<TAB>shape" lines of the checkpoint's cond_stage group, prefix stripped: a
+# second, independent record of the layout next to the vendored manifest (tests/data).
 COND_STAGE_SHA256 = "efd4d624d79353a1758382fb9ac713fbc86f71a4d3c3d338ecd5068ef5baa7d9"
 COND_STAGE_KEYS = 422
 COND_STAGE_PARAMS = 581_994_042
 PREFIX = "cond_stage_model."
-
-
-def _manifest() -> Path | None:
-    for base in (REPO / "shared", REPO.parent / "shared"):
-        p = base / "reference" / "ldm-txt2img-large-state-dict.tsv"
-        if p.is_file():
-            return p
-    return None
 
 
 def _lines(sd) -> list[str]:
@@ -52,15 +43,9 @@ def test_large_bert_layout_matches_checkpoint_on_meta():
     assert len(sd) == COND_STAGE_KEYS
     assert sum(p.numel() for p in model.parameters()) == COND_STAGE_PARAMS
     lines = _lines(sd)
-    manifest = _manifest()
-    if manifest is not None:
-        expected = []
-        for row in manifest.read_text().splitlines()[1:]:
-            key, shape, _dtype, group = row.split("\t")
-            if group == "cond_stage":
-                assert key.startswith(PREFIX)
-                expected.append(f"{key[len(PREFIX):]}\t{shape}")
-        assert lines == sorted(expected)
+    expected = sorted(f"{k}\t{'x'.join(str(d) for d in shape)}"
+                      for k, shape in checkpoint_keys(group="cond_stage", prefix=PREFIX).items())
+    assert lines == expected
     assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == COND_STAGE_SHA256
 
 

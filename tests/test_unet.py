@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +10,8 @@ from omegaconf import OmegaConf
 from ldm.modules.attention import CrossAttention, SpatialTransformer
 from ldm.modules.diffusionmodules.openaimodel import AttentionBlock, QKVAttention, UNetModel
 from ldm.modules.diffusionmodules.util import checkpoint, normalization, timestep_embedding
+from tests.reference_manifest import checkpoint_keys
 
-TSV = Path("/work/shared/reference/ldm-txt2img-large-state-dict.tsv")
 PREFIX = "model.diffusion_model."
 
 LARGE = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320,
@@ -47,14 +46,8 @@ def tiny_inputs(batch: int = 2, seed: int = 1):
 
 # --- 1. checkpoint layout -------------------------------------------------------------------------
 
-@pytest.mark.skipif(not TSV.exists(), reason="reference key manifest not present")
 def test_large_config_state_dict_matches_ldm_checkpoint():
-    ref = {}
-    for line in TSV.read_text().splitlines()[1:]:
-        key, shape, _dtype, group = line.split("\t")
-        if group == "unet":
-            assert key.startswith(PREFIX)
-            ref[key[len(PREFIX):]] = tuple(int(s) for s in shape.split("x")) if shape else ()
+    ref = checkpoint_keys(group="unet", prefix=PREFIX)
     with torch.device("meta"):
         model = UNetModel(**LARGE)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}

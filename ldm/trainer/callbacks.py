@@ -1,9 +1,12 @@
-"""Lightning 2 callbacks for ``main.py``: run set-up, PNG image grids, and per-step artifact export."""
+"""Lightning 2 callbacks for ``main.py``: run set-up, PNG image grids, per-step artifact export, and
+the random-generator state a resumed run needs to continue exactly."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
@@ -142,3 +145,69 @@ class ArtifactExporter(pl.Callback):
     def on_train_end(self, trainer, pl_module):
         self._export(trainer, pl_module)
 
+
+
+def capture_rng_state() -> dict:
+    """The global ``torch`` (CPU and CUDA), ``numpy`` and ``random`` states as tensors and ints (a
+    checkpoint that loads with ``weights_only=True``)."""
+    version, py_words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "python": {"version": int(version), "words": torch.tensor(py_words, dtype=torch.int64),
+                        "gauss": None if gauss is None else float(gauss)},
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(w) for w in py["words"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        states = state["cuda"]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+        else:
+            print(f"warning: the checkpoint has {len(states)} CUDA generator states for "
+                  f"{torch.cuda.device_count()} devices; CUDA random numbers will differ from an uninterrupted run")
+
+
+class RNGStateCallback(pl.Callback):
+    """Makes ``-r`` resume the random stream where the checkpoint left it.
+
+    The checkpoint records the global generators at the moment it is written (after the step it
+    belongs to); a resumed run restores them right before its first training batch, so the timesteps
+    and noise of every later step equal an uninterrupted run's. Validation runs inside a saved/restored
+    state, so it never shifts the training stream (nor does the sanity check before training).
+    Place it first in the callback list: other ``on_train_batch_start`` hooks then see the restored state.
+    Under DDP the state of rank 0 is what Lightning saves; other ranks then differ after a resume.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._pending: dict | None = None
+        self._outside_validation: dict | None = None
+
+    def state_dict(self) -> dict:
+        return capture_rng_state()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = dict(state_dict) if state_dict else None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._pending is not None:
+            restore_rng_state(self._pending)
+            self._pending = None
+
+    def on_validation_start(self, trainer, pl_module):
+        self._outside_validation = capture_rng_state()
+
+    def on_validation_end(self, trainer, pl_module):
+        if self._outside_validation is not None:
+            restore_rng_state(self._outside_validation)
+            self._outside_validation = None
