@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def str2bool(v):
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-n", "--name", default="", help="postfix of the log directory name")
     p.add_argument("-r", "--resume", default="", help="resume from a log directory or a checkpoint in it")
     p.add_argument("-b", "--base", nargs="*", metavar="config.yaml", default=[],
@@ -91,7 +92,10 @@ def resolve_logdir(opt, now: str):
         base = sorted(glob.glob(os.path.join(logdir, "configs", "*-project.yaml")))
         if not base:
             raise UserError(f"no saved config in '{logdir}/configs' to resume from")
-        return logdir, ckpt, base[-1:] + list(opt.base)
+        # the run's lightning section (checkpoint period, trainer flags, image logger) is saved next to
+        # the project config; without it a resumed run would checkpoint and export on other steps
+        lightning = sorted(glob.glob(os.path.join(logdir, "configs", "*-lightning.yaml")))
+        return logdir, ckpt, base[-1:] + lightning[-1:] + list(opt.base)
     if opt.log_folder:
         folder = opt.log_folder.strip("/")
         prefix = opt.logdir.strip("/") + "/"
@@ -191,7 +195,7 @@ def run(argv: list[str] | None = None):
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
-    from ldm.trainer.callbacks import ArtifactExporter, ImageLogger, SetupCallback
+    from ldm.trainer.callbacks import ArtifactExporter, ImageLogger, RNGStateCallback, SetupCallback
     from ldm.trainer.devices import parse_gpus
     from ldm.util import instantiate_from_config
 
@@ -241,6 +245,7 @@ def run(argv: list[str] | None = None):
     image_cfg = OmegaConf.to_container(lightning_config.get("callbacks", {}).get("image_logger", {}).get(
         "params", OmegaConf.create()), resolve=True) if "callbacks" in lightning_config else {}
     callbacks = [
+        RNGStateCallback(),  # first: restores the random stream before any other batch hook runs
         SetupCallback(bool(opt.resume), now, logdir, ckptdir, cfgdir, config, lightning_config),
         ImageLogger(save_dir=logdir, **image_cfg),
         ModelCheckpoint(**ckpt_params),

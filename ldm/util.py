@@ -50,8 +50,58 @@ def instantiate_from_config(config: Mapping | None, **kwargs: Any) -> Any:
         raise UserError(f"config node has no 'target' key: {dict(config) if config is not None else None}")
     params = config.get("params", None) or {}
     params = dict(params)
+    target = get_obj_from_str(config["target"])
+    check_params(target, params, str(config["target"]))
     params.update(kwargs)
-    return get_obj_from_str(config["target"])(**params)
+    return target(**params)
+
+
+_OWN_PACKAGES = ("ldm", "taming", "utils")
+
+
+def _accepted_params(cls) -> dict | None:
+    """Keyword name → default over the constructor chain of one of our classes (following ``**kwargs``
+    to the base classes); None when the chain ends somewhere that takes anything (no check possible)."""
+    import inspect
+
+    names: dict = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        if not klass.__module__.split(".")[0] in _OWN_PACKAGES:
+            return names  # torch / Lightning bases take no config keys
+        sig = inspect.signature(klass.__init__)
+        for name, p in sig.parameters.items():
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name != "self":
+                names.setdefault(name, p.default)
+        if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+            return names
+    return names
+
+
+def check_params(target, params: Mapping, where: str) -> None:
+    """Refuse config keys our classes do not take (a typo would otherwise be silently dropped or fail
+    deep inside) and values of the wrong kind for bool/int/float keys, naming the key."""
+    import difflib
+    import inspect
+
+    if not inspect.isclass(target) or target.__module__.split(".")[0] not in _OWN_PACKAGES:
+        return
+    accepted = _accepted_params(target)
+    if accepted is None:
+        return
+    for key, value in params.items():
+        if key not in accepted:
+            close = difflib.get_close_matches(key, list(accepted), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"config key '{key}' is not a parameter of {where}{hint}")
+        d = accepted[key]
+        if d is inspect.Parameter.empty or d is None or value is None:
+            continue
+        if isinstance(d, bool) and not isinstance(value, bool):
+            raise UserError(f"config key '{key}' of {where} must be true or false, got {value!r}")
+        if isinstance(d, (int, float)) and not isinstance(d, bool) and isinstance(value, (str, bool)):
+            raise UserError(f"config key '{key}' of {where} must be a number, got {value!r}")
 
 
 def count_params(model, verbose: bool = False) -> int:

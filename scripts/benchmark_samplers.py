@@ -5,7 +5,7 @@
     .venv/bin/python scripts/benchmark_samplers.py --threads 1 --json bench.json
 
 What is timed: ``sampler.sample(...)`` of the FAST denoiser (conditioning + adaptor) with the official
-mask guidance (``MaskGuidance.official``: FARM on the network input, background written back for
+mask guidance (``FAST.make_guidance``, the same object ``FAST.generate`` uses: FARM on the network input, background written back for
 250 < t_e < 750) on random latents, masks and background latents, per-sample ``BatchRNG`` streams, as
 ``FAST.generate`` runs it minus the first-stage encode/decode.  Weights are random unless ``--ckpt`` is
 given: the cost of a forward pass does not depend on the weight values.
@@ -47,11 +47,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from utils.cli import ArgumentParser  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ldm.models.diffusion.samplers import SAMPLERS, BatchRNG, MaskGuidance, build_sampler  # noqa: E402
-from ldm.util import instantiate_from_config  # noqa: E402
+from ldm.models.diffusion.samplers import SAMPLERS, BatchRNG, build_sampler  # noqa: E402
 from utils.atomic import write_text_atomic  # noqa: E402
 
 JSON_KEYS = ("sampler", "nfe", "seconds_per_image", "overhead", "speedup_vs_ddpm1000")
@@ -98,7 +98,7 @@ def parse_ddpm_estimate(value: str) -> str | int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"FAST model config (default {DEFAULT_CONFIG})")
     p.add_argument("--ckpt", default=None,
                    help="Lightning checkpoint to load (optional: timing does not depend on the weights)")
@@ -156,17 +156,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------ model
-def _drop_keys(node, key: str) -> None:
-    """Remove ``key`` at any depth, so no sub-model tries to load weights from disk."""
-    if isinstance(node, dict):
-        node.pop(key, None)
-        for v in node.values():
-            _drop_keys(v, key)
-    elif isinstance(node, list):
-        for v in node:
-            _drop_keys(v, key)
-
-
 def resolve_config(path: str | Path) -> Path:
     """The config path as given, else relative to the repository (so the default works from anywhere)."""
     p = Path(path)
@@ -185,20 +174,16 @@ def load_model_config(path: str | Path) -> dict:
     cfg = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
     if "model" not in cfg:
         raise ValueError(f"--config: {p} has no 'model' section")
-    model_cfg = cfg["model"]
-    _drop_keys(model_cfg, "ckpt_path")
-    pers = model_cfg.get("params", {}).get("personalization_config")
-    if pers is not None:
-        pers.setdefault("params", {})["names"] = [BENCH_NAME]
-    return model_cfg
+    return cfg["model"]
 
 
 def build_model(config: str | Path, ckpt: str | None, device: torch.device):
-    """Instantiate the model in eval mode on ``device``; constructor chatter is swallowed."""
-    model_cfg = load_model_config(config)
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = instantiate_from_config(model_cfg)
-    if not hasattr(model, "farm_fn"):
+    """The library's model builder (``ldm.generation.build_model``: random weights, no nested
+    checkpoint loads), then ``--ckpt`` on top when given."""
+    from ldm.generation import build_model as build
+
+    model = build(load_model_config(config), None, names=[BENCH_NAME], device=device)
+    if not hasattr(model, "make_guidance"):
         raise ValueError(f"--config: {config} does not build a FAST model (got {type(model).__name__})")
     if ckpt is not None:
         model.init_from_ckpt(ckpt)
@@ -272,7 +257,7 @@ def ddpm_subset(sampler, n: int):
 
 def run_sampler(sampler, model, inputs: dict, device: torch.device, farm, denoiser=None):
     """One full ``sample(...)`` with the official guidance and fresh per-sample streams."""
-    guidance = MaskGuidance.official(inputs["mask"], inputs["z_bg"], farm=farm)
+    guidance = model.make_guidance(inputs["mask"], inputs["z_bg"], farm=farm)  # what FAST.generate uses
     denoiser = model.denoiser(inputs["cond"], inputs["mask"]) if denoiser is None else denoiser
     return sampler.sample(denoiser, inputs["shape"], rng=BatchRNG(inputs["seeds"]), guidance=guidance,
                           device=device, dtype=torch.float32)
@@ -592,7 +577,6 @@ def _cuda_extras(den, x, tvec, device, a) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    from utils.cli import run_cli
+
+    sys.exit(run_cli("benchmark_samplers.py", lambda: main() and 0))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.cli import ArgumentParser  # noqa: E402
 from ldm.data.texture_ad import DEFECTS, TEXTURES, build_texture_ad  # noqa: E402
 
 EPILOG = """\
@@ -20,8 +21,8 @@ untouched). Built in a temp folder and renamed into place.
 """
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
+def _main(argv=None) -> int:
+    p = ArgumentParser(description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="dataset root to create (MVTec layout)")
     p.add_argument("--size", type=int, default=128, help="crop size in pixels (default 128, max 204)")
@@ -35,14 +36,17 @@ def main(argv=None) -> int:
                    help="defect types to include (default: all)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out built differently")
     a = p.parse_args(argv)
-    try:
-        build_texture_ad(a.out, size=a.size, train_good=a.train_good, test_good=a.test_good,
-                         per_defect=a.per_defect, seed=a.seed, textures=a.textures, defects=a.defects,
-                         force=a.force, verbose=True)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    build_texture_ad(a.out, size=a.size, train_good=a.train_good, test_good=a.test_good,
+                     per_defect=a.per_defect, seed=a.seed, textures=a.textures, defects=a.defects,
+                     force=a.force, verbose=True)
     return 0
+
+
+def main(argv=None) -> int:
+    """Entry point: user errors print one line and return 2; bugs keep their traceback."""
+    from utils.cli import run_cli
+
+    return run_cli("build_texture_dataset.py", lambda: _main(argv))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.cli import ArgumentParser  # noqa: E402
 from ldm.data.layouts import index_category, list_categories  # noqa: E402
 from ldm.segmentation.data import EVAL_SET_DESCRIPTION, EvaluationSet, scan_pairs  # noqa: E402
+from ldm.segmentation.leakage import check_leakage  # noqa: E402
 from ldm.segmentation.train import fit_and_evaluate  # noqa: E402
 from ldm.synthesizers import METHODS  # noqa: E402
 from ldm.synthesizers.common import synthesize_baseline  # noqa: E402
@@ -138,6 +140,7 @@ def run(a) -> int:
     notes: dict = {}
     timings: dict = {}
     test_sets: dict = {}
+    leaks: dict = {}
     t_all = time.perf_counter()
     for cat in cats:
         index = index_category(a.layout, a.dataset_root, cat)
@@ -154,6 +157,10 @@ def run(a) -> int:
                     log(f"[{cat}] fast: skipped: {why}")
                     skipped.setdefault("fast", {})[cat] = why
                     continue
+                leak = check_leakage(src, eval_set.items, cat, allow=a.allow_leak)
+                if leak:
+                    log(f"[{cat}] fast: {leak}")
+                    leaks.setdefault("fast", {})[cat] = leak
                 records, notes["fast"] = scan_pairs(src, cat), "pre-generated (generate_with_mask.py)"
                 pairs_root = Path(a.fast_dir)
                 if not records:
@@ -215,6 +222,7 @@ def run(a) -> int:
         "metric_labels": METRIC_LABELS,
         "synthesizers": done, "mask_sources": notes, "results": results, "quality": quality,
         "skipped": skipped, "timings": timings, "total_seconds": time.perf_counter() - t_all,
+        "leaks": leaks,
     }
     write_text_atomic(out / "results.json", json.dumps(jsonable(doc), indent=1) + "\n")
     write_text_atomic(out / "results.md", markdown(doc, cats))
@@ -244,6 +252,9 @@ def markdown(doc: dict, cats: list[str]) -> str:
              f"{pr['pairs_per_defect']} pairs per defect type; split `{pr['split']}`; model selection: "
              f"{pr['model_selection']}.", "",
              "Mask sources: " + ", ".join(f"{s}: {doc['mask_sources'].get(s, '?')}" for s in synths) + ".", ""]
+    for s, per in doc.get("leaks", {}).items():
+        for c, note in per.items():
+            lines += [f"**{s} / {c}: {note}** — its numbers are not test numbers.", ""]
     if not synths:
         return "\n".join(lines + ["No synthesizer produced results."]) + "\n"
     lines += ["## Anomaly IoU / anomaly Acc (%), FAST's \"mIoU / Acc\"", "",
@@ -277,8 +288,8 @@ def markdown(doc: dict, cats: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv=None) -> int:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_root", default="data/texture-ad", help="dataset root (default data/texture-ad)")
     p.add_argument("--layout", default="texture_ad", help="mvtec, btad, visa, folder or texture_ad (default)")
     p.add_argument("--categories", default=None, help="comma-separated (default: all)")
@@ -292,18 +303,24 @@ def main(argv=None) -> int:
     p.add_argument("--examples", type=int, default=4, help="test images per contact sheet (default 4)")
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--allow_leak", action="store_true",
+                   help="evaluate FAST pairs even if their generator trained on test images (marked in the table)")
     add_training_args(p)
     p.set_defaults(size=None)
     a = p.parse_args(argv)
     if a.size is None:
         a.size = 128 if is_texture_ad(a.layout) else 256
-    try:
-        if a.n_samples < 1:
-            raise UserError(f"--n_samples must be >= 1, got {a.n_samples}")
-        return run(a)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if a.n_samples < 1:
+        raise UserError(f"--n_samples must be >= 1, got {a.n_samples}")
+    return run(a)
+
+
+
+def main(argv=None) -> int:
+    """Entry point: user errors print one line and return 2; bugs keep their traceback."""
+    from utils.cli import run_cli
+
+    return run_cli("compare_synthesizers.py", lambda: _main(argv))
 
 
 if __name__ == "__main__":

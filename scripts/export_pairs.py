@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from utils.cli import ArgumentParser  # noqa: E402
 from ldm.export import FORMATS, ExportOptions, export_pairs  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def _names(text):
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", required=True, help="pairs folder: root, <category> or <category>/<defect>")
     p.add_argument("--format", required=True, choices=FORMATS, help="output layout")
     p.add_argument("--out", required=True, help="output folder (refused when non-empty, unless --overwrite)")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.cli import ArgumentParser  # noqa: E402
 from ldm.data.layouts import SPLIT_MODES, index_category  # noqa: E402
 from ldm.synthesizers import METHODS  # noqa: E402
 from ldm.synthesizers.common import MASK_SOURCES, synthesize_baseline  # noqa: E402
@@ -24,8 +25,8 @@ from utils.errors import UserError  # noqa: E402
 from utils.metrics import jsonable  # noqa: E402
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv=None) -> int:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--data_root", required=True, help="dataset root (normal images, and masks for real/augmented)")
     p.add_argument("--layout", default="mvtec", help="dataset layout: mvtec, btad, visa, folder, texture_ad")
@@ -50,22 +51,26 @@ def main(argv=None) -> int:
     if a.method == "cutpaste":
         kwargs["variant"] = a.cutpaste_variant
     defect = a.defect or ("perlin" if a.mask_source == "perlin" else None)
-    try:
-        if defect is None:
-            raise UserError(f"--mask_source {a.mask_source} needs --defect")
-        if a.n_samples < 1:
-            raise UserError(f"--n_samples must be >= 1, got {a.n_samples}")
-        index = index_category(a.layout, a.data_root, a.category)
-        stats = synthesize_baseline(a.method, a.out, index.train_good, index.category, defect, a.n_samples,
-                                    a.mask_source, a.size, a.seed, a.layout, a.data_root, a.split, **kwargs)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if defect is None:
+        raise UserError(f"--mask_source {a.mask_source} needs --defect")
+    if a.n_samples < 1:
+        raise UserError(f"--n_samples must be >= 1, got {a.n_samples}")
+    index = index_category(a.layout, a.data_root, a.category)
+    stats = synthesize_baseline(a.method, a.out, index.train_good, index.category, defect, a.n_samples,
+                                a.mask_source, a.size, a.seed, a.layout, a.data_root, a.split, **kwargs)
     print(f"{a.method}: wrote {stats['written']} pairs, skipped {stats['skipped']} finished ones, in "
           f"{stats['seconds']:.1f} s -> {stats['out']} (masks: {stats['mask_source']})")
     if a.quality:
         print(json.dumps(jsonable(folder_quality(stats["out"])), indent=1))
     return 0
+
+
+
+def main(argv=None) -> int:
+    """Entry point: user errors print one line and return 2; bugs keep their traceback."""
+    from utils.cli import run_cli
+
+    return run_cli("synthesize_baseline.py", lambda: _main(argv))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@
         --ckpt models/ldm/text2img-large/model.ckpt --gpus 0, [--categories bottle,cable] [key=value ...]
 
 Each run logs to ``<logdir>/<category>+<defect>``; a run whose folder already has ``checkpoints/last.ckpt``
-is resumed (``-r``), so the loop itself can be interrupted and restarted. The init word is the defect
-name when it is a single wordpiece of the model's tokenizer (the official scripts pass the defect
-word), otherwise the config's. Extra ``key=value`` arguments are passed on as config overrides.
+is resumed (``-r``), so the loop itself can be interrupted and restarted. The init word comes from
+``configs/init_words.yaml`` (the official MVTec/BTAD script's word per defect type); for defects not in
+it, the defect name when it is a single wordpiece of the model's tokenizer, otherwise the config's.
+Extra ``key=value`` arguments are passed on as config overrides.
 """
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="FAST YAML (configs/fast/*.yaml)")
     p.add_argument("--dataset", required=True, help="dataset root")
     p.add_argument("--ckpt", default=None, help="backbone checkpoint for --actual_resume")
@@ -43,8 +45,28 @@ def _tokenizer_path(config) -> str | None:
     return params.get("tokenizer_path")
 
 
-def init_word_for(defect: str, tokenizer, fallback: str | None) -> str | None:
-    """The defect name if it is one wordpiece (e.g. ``crack``), else the config's init word."""
+INIT_WORDS = ROOT / "configs" / "init_words.yaml"
+LAYOUT_TABLES = {"mvtec": "mvtec", "mvtec_ad": "mvtec", "btad": "btad"}
+
+
+def known_init_word(layout: str, category: str, defect: str, table=INIT_WORDS) -> str | None:
+    """The official script's init word for (category, defect) of a known dataset, else None."""
+    import yaml
+
+    section = LAYOUT_TABLES.get(str(layout).lower())
+    if section is None:
+        return None
+    words = yaml.safe_load(Path(table).read_text()).get(section, {})
+    return (words.get(str(category)) or {}).get(str(defect))
+
+
+def init_word_for(defect: str, tokenizer, fallback: str | None, layout: str = "folder",
+                  category: str | None = None) -> str | None:
+    """The official word for known datasets; else the defect name if it is one wordpiece (e.g.
+    ``crack``); else the config's init word."""
+    word = known_init_word(layout, category, defect) if category is not None else None
+    if word is not None:
+        return word
     if tokenizer is None:
         return fallback
     ids = tokenizer(defect.replace("_", " "), add_special_tokens=False)["input_ids"]
@@ -90,7 +112,7 @@ def plan(opt, overrides: list[str]) -> list[list[str]]:
                         f"data.params.train.params.layout={layout}"]
                 if opt.ckpt:
                     cmd += ["--actual_resume", opt.ckpt]
-                word = init_word_for(defect, tokenizer, fallback)
+                word = init_word_for(defect, tokenizer, fallback, layout, cat)
                 if word:
                     cmd += ["--init_word", word]
             commands.append(cmd + list(overrides))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.cli import ArgumentParser  # noqa: E402
 import torch  # noqa: E402
 
 from ldm.data.layouts import SPLIT_MODES, index_category  # noqa: E402
@@ -74,8 +75,8 @@ def training_setup(a: argparse.Namespace) -> tuple[TrainConfig, dict]:
     return cfg, arch_kwargs
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv=None) -> int:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", required=True, help="generated-pairs folder (generate_with_mask.py layout)")
     p.add_argument("--dataset_root", required=True, help="real dataset root (normals + test set)")
     p.add_argument("--layout", default="mvtec", help="dataset layout: mvtec, btad, visa, folder, texture_ad")
@@ -84,16 +85,12 @@ def main(argv=None) -> int:
     p.add_argument("--examples", type=int, default=6, help="test images on the contact sheet (default 6)")
     add_training_args(p)
     a = p.parse_args(argv)
-    try:
-        cfg, arch_kwargs = training_setup(a)
-        index = index_category(a.layout, a.dataset_root, a.category)
-        pairs = scan_pairs(a.pairs, a.category)
-        if not pairs:
-            raise UserError(f"--pairs {a.pairs}: no pairs for category '{a.category}'")
-        eval_set = EvaluationSet(index, a.size, a.split)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg, arch_kwargs = training_setup(a)
+    index = index_category(a.layout, a.dataset_root, a.category)
+    pairs = scan_pairs(a.pairs, a.category)
+    if not pairs:
+        raise UserError(f"--pairs {a.pairs}: no pairs for category '{a.category}'")
+    eval_set = EvaluationSet(index, a.size, a.split)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"training {a.arch} on {len(pairs)} pairs from {a.pairs} + {len(index.train_good)} normal images "
@@ -114,6 +111,14 @@ def main(argv=None) -> int:
         print(f"  {METRIC_LABELS[k]:<36} {m[k]:.4f}")
     print(f"wrote {out / 'metrics.json'}")
     return 0
+
+
+
+def main(argv=None) -> int:
+    """Entry point: user errors print one line and return 2; bugs keep their traceback."""
+    from utils.cli import run_cli
+
+    return run_cli("train_segmenter.py", lambda: _main(argv))
 
 
 if __name__ == "__main__":

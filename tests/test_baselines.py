@@ -160,7 +160,7 @@ def test_cli(tree, tmp_path, capsys):
     capsys.readouterr()
     assert main(["--method", "draem", "--data_root", str(tree), "--category", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "nope" in err and "\n" not in err
+    assert err.startswith("synthesize_baseline.py: error:") and "nope" in err and "\n" not in err
     assert main(["--method", "draem", "--data_root", str(tree), "--category", "widget", "--mask_source", "real",
                  "--out", str(tmp_path)]) == 2
     assert "--defect" in capsys.readouterr().err

@@ -74,3 +74,15 @@ def test_lr_schedulers():
 def test_sampling_returns_latents_of_the_right_shape(ldm):
     z = ldm.sample(batch_size=2, cond=["a photo of brick"] * 2, steps=3, latent_shape=(2, 4, 8, 8))
     assert z.shape == (2, 4, 8, 8) and torch.isfinite(z).all()
+
+
+@pytest.mark.parametrize("key", ["clip_denoised", "use_positional_encodings"])
+def test_keys_we_cannot_honour_are_refused_not_ignored(key):
+    from tests.tiny_configs import ldm_config
+    from utils.errors import UserError
+
+    cfg = ldm_config(**{key: True})
+    with pytest.raises(UserError, match=key):
+        instantiate_from_config(cfg)
+    cfg = ldm_config(**{key: False})
+    assert instantiate_from_config(cfg) is not None

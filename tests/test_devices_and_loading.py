@@ -62,7 +62,7 @@ class _Renamed(torch.nn.Module):
         self.b = torch.nn.BatchNorm2d(3)
 
 
-def test_pickled_module_loads_as_tensors_without_importing_its_class(tmp_path):
+def test_pickled_module_loads_as_tensors_without_importing_its_class(tmp_path, capsys):
     net = _Net()
     net.bn.running_mean.fill_(0.5)
     torch.save(net, tmp_path / "FARM-10.pt")  # a whole pickled module, like the official files
@@ -73,7 +73,10 @@ def test_pickled_module_loads_as_tensors_without_importing_its_class(tmp_path):
         assert torch.equal(sd[k], v)
     same, renamed = _Net(), _Renamed()
     load_module_weights(same, tmp_path / "FARM-10.pt")
+    assert "by position" not in capsys.readouterr().err      # names matched: nothing to report
     load_module_weights(renamed, tmp_path / "FARM-10.pt")
+    err = capsys.readouterr().err                            # loading by position shows the mapping it used
+    assert "by position" in err and "conv.weight -> a.weight" in err and "bn.running_mean -> b.running_mean" in err
     assert torch.equal(same.conv.weight, net.conv.weight) and torch.equal(renamed.a.weight, net.conv.weight)
     assert torch.equal(renamed.b.running_mean, net.bn.running_mean)
 

@@ -1,46 +1,21 @@
 """generate_with_mask.py: layout, exact background, determinism across batch sizes, resume, errors."""
 import numpy as np
 import pytest
-import torch
-import yaml
 from PIL import Image
 
 import generate_with_mask as gen
-from ldm.data.texture_ad import build_texture_ad
-from ldm.util import instantiate_from_config
-from tests.tiny_configs import fast_config
+from tests.run_fixture import gen_args, make_dataset, make_run
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     work = tmp_path_factory.mktemp("gen")
-    data = work / "texture-ad"
-    build_texture_ad(data, size=32, train_good=4, test_good=2, per_defect=6, textures=["brick"],
-                     defects=["scratch"])
-    torch.manual_seed(0)
-    cfg = fast_config(names=["brick+scratch"])
-    model = instantiate_from_config(cfg)
-    with torch.no_grad():  # a "pretrained" backbone: no zero-initialised output layers
-        for p in model.model.parameters():
-            if p.ndim > 1 and p.abs().sum() == 0:
-                p.normal_(0, 0.02)
-    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith(("FARM.", "fine.", "embedding_"))}
-    torch.save({"state_dict": backbone}, work / "backbone.ckpt")
-    ckdir = work / "run" / "checkpoints"
-    model.export_artifacts(ckdir, 5)
-    cfg["params"]["ckpt_path"] = str(work / "backbone.ckpt")
-    full = {"model": cfg, "data": {"target": "ldm.data.datamodule.DataModuleFromConfig",
-                                   "params": {"batch_size": 2, "train": {"target": "ldm.data.anomaly.AnomalyDataset",
-                                                                         "params": {"size": 32}}}}}
-    (work / "run" / "configs").mkdir(parents=True)
-    (work / "run" / "configs" / "now-project.yaml").write_text(yaml.safe_dump(full))
-    return work, data, ckdir
+    data = make_dataset(work / "texture-ad")
+    return work, data, make_run(work, data)
 
 
 def _args(work, data, ckdir, out, *extra):
-    return ["--data_root", str(data), "--sample_name", "brick", "--anomaly_name", "scratch", "--pt_path", str(ckdir),
-            "--mask_path", str(data / "brick" / "ground_truth" / "scratch"), "--outdir", str(out),
-            "--steps", "4", "--n_samples", "5", "--no_progress", "--device", "cpu", *extra]
+    return gen_args(data, ckdir, out, *extra)
 
 
 def _read(folder, sub, n):

@@ -160,7 +160,7 @@ def test_train_segmenter_errors(world, tmp_path, capsys):
     assert main(["--pairs", str(tmp_path / "none"), "--dataset_root", str(tree), "--category", "widget",
                  "--out", str(tmp_path), *TINY]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "none" in err and "\n" not in err
+    assert err.startswith("train_segmenter.py: error:") and "none" in err and "\n" not in err
     assert main(["--pairs", str(pairs), "--dataset_root", str(tree), "--category", "widget", "--out", str(tmp_path),
                  "--segformer_dir", str(tmp_path), "--arch", "segformer-tiny", *TINY[:-2]]) == 2
     assert "config.json" in capsys.readouterr().err
@@ -177,9 +177,12 @@ def test_compare_synthesizers_tiny(world, tmp_path, capsys):
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes((r.image.parent.parent / sub / r.image.name).read_bytes())
     out = tmp_path / "cmp"
-    assert main(["--dataset_root", str(tree), "--layout", "mvtec", "--synthesizers", "fast,draem,cutpaste,normal",
-                 "--fast_dir", str(fast_dir), "--n_samples", "2", "--out", str(out), "--examples", "2", "--quiet",
-                 *TINY]) == 0
+    args = ["--dataset_root", str(tree), "--layout", "mvtec", "--synthesizers", "fast,draem,cutpaste,normal",
+            "--fast_dir", str(fast_dir), "--n_samples", "2", "--out", str(out), "--examples", "2", "--quiet", *TINY]
+    # pairs without provenance: the comparison cannot tell what their generator saw, so it refuses
+    assert main(args) == 2
+    assert "cannot tell what the fast generator of 'widget' trained on" in capsys.readouterr().err
+    assert main(args + ["--allow_leak"]) == 0
     printed = capsys.readouterr().out
     assert "fast: skipped" in printed and "real held-out anomalies (evaluation side of the split)" in printed
     doc = json.loads((out / "results.json").read_text())
@@ -190,6 +193,7 @@ def test_compare_synthesizers_tiny(world, tmp_path, capsys):
     assert set(doc["results"]["fast"]) == {"widget", "mean"} and "gadget" in doc["skipped"]["fast"]
     md = (out / "results.md").read_text()
     assert "real held-out anomalies" in md and "| **mean** |" in md
+    assert "LEAK ALLOWED" in md and doc["leaks"]["fast"]["widget"].startswith("LEAK ALLOWED")
     assert (out / "bars.png").is_file()
     for s in ("fast", "draem", "cutpaste", "normal"):
         assert (out / "sheets" / "widget" / f"{s}.png").is_file()

@@ -7,6 +7,7 @@ the traceback of user errors too.
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import sys
@@ -39,3 +40,11 @@ def run_cli(prog: str, fn: Callable[[], int | None]) -> int:
             raise
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error contract: a bad flag is a ``UserError`` (one line naming the
+    flag, exit code 2 through ``run_cli``) instead of argparse's usage block."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")

@@ -16,6 +16,7 @@ import _compat_pickle
 import collections
 import os
 import pickle
+import sys
 import types
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from utils.errors import InputNotFound, UserError
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, UserError):
     """The file asked to call something that is not needed to rebuild tensors."""
 
 
@@ -88,7 +89,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _stub_class(module, name)
 
 
-_restricted_pickle = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, __name__="restricted_pickle")
+def _restricted_load(file, **kwargs):
+    return _RestrictedUnpickler(file, **kwargs).load()
+
+
+# torch.load(pickle_module=...) needs Unpickler (zip archives) and load (legacy, raw pickle files)
+_restricted_pickle = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, load=_restricted_load,
+                                           __name__="restricted_pickle")
 
 
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
@@ -100,13 +107,19 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         pass
-    except RuntimeError as e:  # corrupt archive etc.
+    except (RuntimeError, EOFError, ValueError) as e:  # corrupt or truncated archive etc.
         if "weights_only" not in str(e) and "Unsupported" not in str(e):
-            raise RuntimeError(f"cannot read '{path}': {e}") from None
+            raise UserError(f"cannot read {path}: truncated or not a torch file ({_first_line(e)})") from None
     try:
         return torch.load(path, map_location=map_location, pickle_module=_restricted_pickle, weights_only=False)
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise UserError(f"cannot read {path}: truncated or not a torch file ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _module_tensors(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
@@ -148,7 +161,8 @@ def load_module_weights(module: torch.nn.Module, path: str | os.PathLike) -> Non
     """Load weights saved by us (a state dict) or an official pickled module into ``module``.
 
     Names are matched first; if the file uses other attribute names but the same architecture, the
-    tensors are matched in registration order and must agree in shape. Anything else is an error.
+    tensors are matched in registration order and must agree in shape, and the name mapping used is
+    printed (to stderr) so a wrong pairing can be seen. Anything else is an error.
     """
     sd = extract_state_dict(safe_load(path))
     own = module.state_dict()
@@ -168,6 +182,11 @@ def load_module_weights(module: torch.nn.Module, path: str | os.PathLike) -> Non
             raise UserError(f"{path}: tensor '{src_name}' {tuple(value.shape)} does not fit '{name}' "
                              f"{tuple(ref.shape)} of {module.__class__.__name__}")
         mapped[name] = value
+    renamed = [(src_name, name) for name, src_name in zip(own, sd) if src_name != name]
+    print(f"{path}: parameter names differ from {module.__class__.__name__}'s; loaded {len(mapped)} tensors "
+          f"by position ({len(renamed)} renamed):", file=sys.stderr)
+    for src_name, name in renamed:
+        print(f"  {src_name} -> {name}", file=sys.stderr)
     module.load_state_dict(mapped, strict=True)
 
 
@@ -191,6 +210,15 @@ def load_checkpoint_nonstrict(module: torch.nn.Module, path: str | os.PathLike, 
         if any(k.startswith(ik) for ik in ignore_keys):
             print(f"Deleting key {k} from state_dict.")
             del sd[k]
+    own = module.state_dict()
+    matched = [k for k in sd if k in own]
+    if sd and not matched:
+        raise UserError(f"{path}: none of its {len(sd)} tensors matches {module.__class__.__name__} "
+                        f"(e.g. '{next(iter(sd))}'): a checkpoint of another model?")
+    for k in matched:
+        if tuple(sd[k].shape) != tuple(own[k].shape):
+            raise UserError(f"{path}: tensor '{k}' has shape {tuple(sd[k].shape)}, {module.__class__.__name__} "
+                            f"expects {tuple(own[k].shape)}: a checkpoint of another architecture?")
     missing, unexpected = module.load_state_dict(sd, strict=False)
     print(f"Restored from {path} with {len(missing)} missing and {len(unexpected)} unexpected keys")
     if missing:

@@ -210,6 +210,9 @@ class AnomalyDataset(_CachedImages):
         except (KeyError, IndexError, ValueError) as e:
             raise UserError(f"name_template '{name_template}' is not valid ({type(e).__name__}: {e}); "
                              "fields: {category}, {defect}") from None
+        if self.cache_images:  # a few dozen images: decode now, so a truncated file fails before training
+            for j, s in enumerate(self.samples):
+                self._image(j, s.image)
 
     def _name(self, s: AnomalySample) -> str:
         return self.name_template.format(category=s.category, defect=s.defect)

@@ -63,11 +63,15 @@ class GenerationInputs(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, n: int) -> dict:
+    def normal_path(self, n: int) -> Path:
+        """The normal image of pair n (without decoding it)."""
         if not 0 <= n < self.length:
             raise IndexError(f"generation index {n} out of range [0, {self.length})")
         rng = np.random.default_rng([self.seed, int(n)])
-        path = self.normal_images[int(rng.integers(len(self.normal_images)))]
+        return self.normal_images[int(rng.integers(len(self.normal_images)))]
+
+    def __getitem__(self, n: int) -> dict:
+        path = self.normal_path(n)
         image = load_image(path, self.size)
         if hasattr(self.mask_source, "draw_with_info"):
             mask, origin = self.mask_source.draw_with_info(n)

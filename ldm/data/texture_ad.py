@@ -357,7 +357,7 @@ def build_texture_ad(out, size: int = 128, train_good: int = 40, test_good: int 
 
     nonempty = out.is_dir() and any(out.iterdir())
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} exists and is not a folder")
+        raise UserError(f"--out {out} exists and is not a folder")
     if nonempty:
         same_args, intact = _up_to_date(out, args)
         if same_args and intact:
@@ -367,7 +367,7 @@ def build_texture_ad(out, size: int = 128, train_good: int = 40, test_good: int 
                 print(f"texture-AD at {out} is up to date; nothing written")
             return result
         if not same_args and not force:
-            raise FileExistsError(f"--out {out} is not empty and is not texture-AD built with these "
+            raise UserError(f"--out {out} is not empty and is not texture-AD built with these "
                                   "arguments; use --force to replace it or choose another folder")
 
     files = _render_files(args)

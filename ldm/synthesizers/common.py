@@ -1,66 +1,24 @@
-"""The shared pairs writer: same on-disk layout as ``generate_with_mask.py``, atomic and resumable.
+"""Baselines (DRAEM, CutPaste, normal-only) through the shared pairs writer (``ldm.pairs``).
 
-Layout: ``<out>/<sample_name>/<anomaly_name>/{image,mask,image-mask-ori}/<n>.png`` with ``image`` an
-RGB PNG, ``mask`` a 0/255 L-mode PNG and ``image-mask-ori`` the strip generated | mask | original.
-Why resumable: pair n depends only on ``(seed, n)`` (inputs, mask and synthesizer randomness are
-all seeded per index), so a killed run restarted with the same arguments skips finished pairs and
-writes byte-identical remaining ones.  Each file is written atomically; the strip is written last
-and marks a pair complete.
+Same on-disk layout, manifest, per-pair records and resumability as ``generate_with_mask.py``: pair n
+depends only on ``(seed, category, defect, n)``, so a killed run restarted with the same arguments
+skips finished pairs and writes byte-identical remaining ones.
 """
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ldm.data.io import save_png_atomic
+from ldm.pairs import MANIFEST, SUBDIRS, PairWriter, check_manifest, check_name, derive_seed, synth_rng
 from utils.errors import UserError
 
-SUBDIRS = ("image", "mask", "image-mask-ori")
+__all__ = ["MANIFEST", "MASK_SOURCES", "SUBDIRS", "PairWriter", "check_manifest", "check_name", "derive_seed",
+           "make_mask_source", "synth_rng", "synthesize_baseline", "synthesize_pairs"]
+
 Synthesizer = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple]
-
-
-def check_name(name: str, what: str) -> str:
-    """Sample/anomaly names become folder names: refuse separators and empties with a one-line error."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise UserError(f"invalid {what} name {name!r} (must be a plain folder name)")
-    return name
-
-
-class PairWriter:
-    """Writes pair n of one (sample, anomaly) folder; ``done(n)`` tells a resumed run what to skip."""
-
-    def __init__(self, out, sample_name: str, anomaly_name: str):
-        self.root = Path(out) / check_name(sample_name, "sample") / check_name(anomaly_name, "anomaly")
-        self.dirs = {k: self.root / k for k in SUBDIRS}
-
-    def paths(self, n: int) -> dict:
-        return {k: d / f"{int(n)}.png" for k, d in self.dirs.items()}
-
-    def done(self, n: int) -> bool:
-        return all(p.is_file() for p in self.paths(n).values())
-
-    def write(self, n: int, image: np.ndarray, mask: np.ndarray, original: np.ndarray) -> None:
-        """``image``/``original`` H×W×3 float in [-1, 1]; ``mask`` H×W {0, 1}.  Strip written last."""
-        image = np.clip(np.asarray(image, np.float32), -1.0, 1.0)
-        original = np.clip(np.asarray(original, np.float32), -1.0, 1.0)
-        m = np.asarray(mask) > 0.5
-        if image.shape != original.shape or image.ndim != 3 or m.shape != image.shape[:2]:
-            raise UserError(f"pair {n} for {self.root}: image {image.shape}, mask {m.shape} and original "
-                             f"{original.shape} must agree (H×W×3, H×W)")
-        p = self.paths(n)
-        save_png_atomic(image, p["image"])
-        save_png_atomic(m.astype(np.uint8) * 255, p["mask"])
-        mask_rgb = np.repeat(m[..., None].astype(np.float32) * 2.0 - 1.0, 3, axis=2)
-        save_png_atomic(np.concatenate([image, mask_rgb, original], axis=1), p["image-mask-ori"])
-
-
-def synth_rng(seed: int, n: int) -> np.random.Generator:
-    """The synthesizer's own generator for pair n (a stream distinct from inputs and mask sources)."""
-    return np.random.default_rng([int(seed), 1000, int(n)])
 
 
 def synthesize_pairs(synth: Synthesizer, inputs, writer: PairWriter, n_samples: Optional[int] = None,
@@ -75,28 +33,23 @@ def synthesize_pairs(synth: Synthesizer, inputs, writer: PairWriter, n_samples: 
         raise UserError(f"--n_samples {n_samples} exceeds the {len(inputs)} generation inputs")
     t0 = time.perf_counter()
     written = skipped = 0
+    writer.allow_empty = bool(getattr(synth, "writes_empty_masks", False))
     for n in tqdm(range(n_samples), desc=desc, disable=not progress, leave=False):
         if writer.done(n):
             skipped += 1
             continue
         item = inputs[n]
         image, mask = synth(item["image"], item["mask"], synth_rng(seed, n))
-        writer.write(n, image, mask, item["image"])
+        writer.write(n, image, mask, item["image"], meta={"normal_image": item["normal_path"],
+                                                          "mask_origin": item["mask_origin"], "seed": int(seed)})
         written += 1
+    writer.write_index(n_samples)
     return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - t0, "out": str(writer.root)}
 
 
 # ----------------------------------------------------------------------------- one (category, defect) run
 
 MASK_SOURCES = ("perlin", "real", "augmented")
-
-
-def derive_seed(seed: int, *names: str) -> int:
-    """A stable per-(category, defect) seed, so different defect folders get different pairs."""
-    import hashlib
-
-    h = hashlib.sha256("/".join([str(int(seed)), *names]).encode()).digest()
-    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
 def make_mask_source(kind: str, size, seed: int, layout: str = "mvtec", root=None, category: str | None = None,
@@ -114,33 +67,6 @@ def make_mask_source(kind: str, size, seed: int, layout: str = "mvtec", root=Non
         return cls(size=size, seed=seed, root=root, category=category, defect=defect, layout=layout,
                    anomaly_split=split)
     raise UserError(f"--mask_source must be one of {', '.join(MASK_SOURCES)}, got {kind!r}")
-
-
-MANIFEST = "synthesis.json"
-
-
-def check_manifest(folder: Path, settings: dict) -> None:
-    """Resuming is only valid with the same settings: record them on first use, refuse a mismatch.
-
-    Without this a rerun with, say, another mask source would silently keep the old pairs.
-    """
-    import json
-
-    from utils.atomic import write_text_atomic
-
-    path = Path(folder) / MANIFEST
-    text = json.dumps(settings, sort_keys=True, indent=1) + "\n"
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            raise UserError(f"{path}: unreadable synthesis manifest; delete the folder to regenerate") from None
-        if old != json.loads(text):
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != json.loads(text).get(k))
-            raise UserError(f"{path.parent} was written with other settings ({', '.join(diff)} differ); "
-                             "use another --out or delete that folder")
-        return
-    write_text_atomic(path, text)
 
 
 def synthesize_baseline(method: str, out, normal_images, category: str, defect: str, n_samples: int,

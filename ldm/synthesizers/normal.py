@@ -13,6 +13,7 @@ class NormalSynthesizer:
 
     name = "normal"
     uses_mask_source = False
+    writes_empty_masks = True
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
         image = np.asarray(image, np.float32)

@@ -22,6 +22,7 @@ from ldm.models.diffusion.schedule import SCHEDULE_BUFFER_NAMES, NoiseSchedule
 from ldm.modules.ema import LitEma
 from ldm.models.diffusion.adaptor import FineTune  # noqa: F401  (official pickles name this path)
 from ldm.util import count_params, default, instantiate_from_config
+from utils.errors import UserError
 
 
 def disabled_train(self, mode: bool = True):
@@ -71,7 +72,7 @@ class DDPM(pl.LightningModule):
     def __init__(self, unet_config, timesteps: int = 1000, beta_schedule: str = "linear", loss_type: str = "l2",
                  ckpt_path: str | None = None, ignore_keys: Iterable[str] = (), load_only_unet: bool = False,
                  monitor: str | None = "val/loss", use_ema: bool = True, first_stage_key: str = "image",
-                 image_size: int = 256, channels: int = 3, log_every_t: int = 100, clip_denoised: bool = True,
+                 image_size: int = 256, channels: int = 3, log_every_t: int = 100, clip_denoised: bool | None = None,
                  linear_start: float = 1e-4, linear_end: float = 2e-2, cosine_s: float = 8e-3, given_betas=None,
                  original_elbo_weight: float = 0.0, v_posterior: float = 0.0, l_simple_weight: float = 1.0,
                  conditioning_key: str | None = None, parameterization: str = "eps", scheduler_config=None,
@@ -82,14 +83,18 @@ class DDPM(pl.LightningModule):
             raise ValueError(f"parameterization must be 'eps' or 'x0', got '{parameterization}'")
         if loss_type not in ("l1", "l2"):
             raise ValueError(f"loss_type must be 'l1' or 'l2', got '{loss_type}'")
+        # CompVis keys we accept but cannot honour: refuse rather than silently ignore them
+        if clip_denoised:
+            raise UserError("clip_denoised: true is not supported (samplers here never clip x0 in latent space; "
+                            "drop the key or set it to false)")
+        if use_positional_encodings:
+            raise UserError("use_positional_encodings: true is not supported (drop the key or set it to false)")
         self.parameterization = parameterization
         self.cond_stage_model = None
-        self.clip_denoised = clip_denoised
         self.log_every_t = log_every_t
         self.first_stage_key = first_stage_key
         self.image_size = image_size
         self.channels = channels
-        self.use_positional_encodings = use_positional_encodings
         self.model = DiffusionWrapper(unet_config, conditioning_key)
         count_params(self.model, verbose=True)
         self.use_ema = use_ema
@@ -174,9 +179,14 @@ class DDPM(pl.LightningModule):
         else:
             yield
 
-    def on_train_batch_end(self, *args, **kwargs):
+    def optimizer_step(self, *args, **kwargs):
+        """The optimizer step, then the EMA update -- here rather than in ``on_train_batch_end``
+        (CompVis), which Lightning runs *after* the callbacks', so a checkpoint saved at step k would
+        hold the EMA of k-1 updates and a resumed run would stay one update behind."""
+        out = super().optimizer_step(*args, **kwargs)
         if self.use_ema:
             self.model_ema(self.model)
+        return out
 
     # ------------------------------------------------------------------ forward process
     def q_mean_variance(self, x_start, t):

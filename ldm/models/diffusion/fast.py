@@ -15,29 +15,62 @@ trains the UNet (small from-scratch backbones).
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ldm.models.diffusion.adaptor import apply_adaptor, build_adaptor
+from ldm.models.diffusion.artifacts import ArtifactsMixin, available_steps
 from ldm.models.diffusion.ddpm import DDPM, LatentDiffusion
 from ldm.util import default, instantiate_from_config
-from utils.atomic import torch_save_atomic
-
-def latent_mask(mask: torch.Tensor, size, threshold: float = 0.5) -> torch.Tensor:
-    """Pixel mask (B×H×W or B×1×H×W, {0,1}) → binary latent mask B×1×h×w: bilinear resize, then
-    threshold (what the official code does with ``transforms.Resize`` + ``> 0.5``)."""
-    if mask.ndim == 3:
-        mask = mask[:, None]
-    mask = mask.float()
-    if tuple(mask.shape[-2:]) != tuple(size):
-        mask = F.interpolate(mask, size=tuple(size), mode="bilinear", align_corners=False)
-    return (mask > threshold).float()
 
 
-class FAST(LatentDiffusion):
+def latent_mask(mask: torch.Tensor, size, threshold: float = 0.5, keep_nonempty: bool = True) -> torch.Tensor:
+    """Pixel mask (B×H×W or B×1×H×W, {0,1}) → binary latent mask B×1×h×w.
+
+    As the official code: bilinear resize to the latent size, then keep cells ``>= threshold``
+    (bilinear 256→32 puts the edge cells of a line at exactly 0.5; ``>`` drops them, and an 8 px
+    line vanishes). ``keep_nonempty``: a non-empty pixel mask never becomes an all-zero latent mask
+    -- bilinear downsampling never even samples most of a 1-3 px scratch -- so the cell(s) holding
+    the most mask pixels are kept. Otherwise the pair's mask would promise a defect that the sampler
+    never generated.
+    """
+    mask = _as_b1hw(mask)
+    out = (_bilinear(mask, size) >= threshold).float()
+    if keep_nonempty:
+        lost = _lost(out, mask)
+        if bool(lost.any()):
+            area = F.adaptive_avg_pool2d(mask, tuple(size))
+            flat = area.flatten(1)
+            top = (flat == flat.amax(1, keepdim=True)).view_as(out).float()
+            out = torch.where(lost[:, None, None, None], top, out)
+    return out
+
+
+def rescued_latent_masks(mask: torch.Tensor, size, threshold: float = 0.5) -> int:
+    """How many masks of a batch ``latent_mask`` had to keep alive (all-zero at ``threshold``)."""
+    mask = _as_b1hw(mask)
+    return int(_lost((_bilinear(mask, size) >= threshold).float(), mask).sum())
+
+
+def _as_b1hw(mask: torch.Tensor) -> torch.Tensor:
+    return (mask[:, None] if mask.ndim == 3 else mask).float()
+
+
+def _bilinear(mask: torch.Tensor, size) -> torch.Tensor:
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.interpolate(mask, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _lost(latent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (latent.flatten(1).amax(1) == 0) & (mask.flatten(1).amax(1) > 0)
+
+
+class FAST(ArtifactsMixin, LatentDiffusion):
+    # plain-tensor artifacts beside the checkpoints: FARM-{N}.pt, fine-{N}.pt (official names)
+    ARTIFACT_MODULES = (("FARM", "FARM"), ("fine", "fine"))
+
     def __init__(self, farm_config=None, adaptor: str = "replace", adaptor_widths=(64, 128, 256, 256, 64),
                  farm_loss_weight: float = 5.0, mask_noise_loss: bool = False, mask_key: str = "mask",
                  mask_threshold: float = 0.5, *args, **kwargs):
@@ -45,7 +78,6 @@ class FAST(LatentDiffusion):
         kwargs.setdefault("parameterization", "eps")
         if kwargs["parameterization"] != "eps":
             raise ValueError("FAST needs parameterization 'eps' (FARM is re-noised with the training ε)")
-        kwargs.setdefault("clip_denoised", False)
         ckpt_path = kwargs.pop("ckpt_path", None)
         ignore_keys = kwargs.pop("ignore_keys", [])
         super().__init__(*args, **kwargs)
@@ -115,38 +147,24 @@ class FAST(LatentDiffusion):
             params += list(self.fine.parameters())
         return params
 
-    # ------------------------------------------------------------------ artifacts
-    def export_artifacts(self, dirpath: str | os.PathLike, step: int) -> list[Path]:
-        written = super().export_artifacts(dirpath, step)
-        d = Path(dirpath)
-        torch_save_atomic({k: v.detach().cpu() for k, v in self.FARM.state_dict().items()}, d / f"FARM-{step}.pt")
-        written.append(d / f"FARM-{step}.pt")
-        if self.fine is not None:
-            torch_save_atomic({k: v.detach().cpu() for k, v in self.fine.state_dict().items()},
-                              d / f"fine-{step}.pt")
-            written.append(d / f"fine-{step}.pt")
-        return written
-
-    def load_artifacts(self, dirpath: str | os.PathLike, step: int) -> None:
-        """Load ``embeddings_gs-{step}.pt``, ``FARM-{step}.pt`` and ``fine-{step}.pt`` (ours or the
-        official pickled modules, read without executing code)."""
-        from utils.safe_load import load_module_weights
-
-        d = Path(dirpath)
-        steps = available_artifact_steps(d)
-        if step not in steps:
-            raise ValueError(f"--weight_idx {step}: no artifacts for that step in {d}; available: "
-                             f"{steps or 'none'}")
-        if self.embedding_manager is not None:
-            self.embedding_manager.load(d / f"embeddings_gs-{step}.pt")
-        load_module_weights(self.FARM, d / f"FARM-{step}.pt")
-        if self.fine is not None:
-            fine = d / f"fine-{step}.pt"
-            if not fine.is_file():
-                raise FileNotFoundError(f"{fine} is missing but the config uses adaptor '{self.adaptor_mode}'")
-            load_module_weights(self.fine, fine)
-
     # ------------------------------------------------------------------ generation
+    def make_sampler(self, name: str, steps: int | None = None, **opts):
+        """The sampler to pass to ``generate`` (``aias``, ``ddpm``, ``ddim``, ``plms``)."""
+        from ldm.models.diffusion.samplers import build_sampler
+
+        return build_sampler(name, self.schedule, steps=steps, **opts)
+
+    def make_guidance(self, latent_mask: torch.Tensor, z_bg: torch.Tensor, farm_mode: str = "input",
+                      farm=None, **kw):
+        """FAST's mask guidance (FARM re-injection + background write-back), bound to the schedule.
+        ``farm`` overrides the FARM callable (the benchmark wraps it to count calls)."""
+        from ldm.models.diffusion.samplers.guidance import MaskGuidance
+
+        if farm_mode != "off" and farm is None:
+            farm = self.farm_fn()
+        return MaskGuidance(latent_mask, z_bg=z_bg, farm=farm if farm_mode != "off" else None,
+                            farm_mode=farm_mode, **kw).bind(self.schedule)
+
     @torch.no_grad()
     def generate(self, images: torch.Tensor, masks: torch.Tensor, captions: list[str], names: list[str] | None,
                  sampler, rng, guidance_kw: dict | None = None, t_start: int | None = None) -> torch.Tensor:
@@ -154,23 +172,20 @@ class FAST(LatentDiffusion):
 
         Pixels outside the mask are copied from the normal image exactly (final pixel-space paste).
         """
-        from ldm.models.diffusion.samplers.guidance import MaskGuidance, paste
+        from ldm.models.diffusion.samplers.guidance import paste
 
         images = images.to(self.device)
         masks = masks.to(self.device).float()
         z_bg = self.encode_to_latent(images)
         m = latent_mask(masks, z_bg.shape[-2:], self.mask_threshold)
+        if t_start is not None and getattr(sampler, "t_start", None) != int(t_start):
+            raise ValueError(f"t_start={t_start} but the sampler starts at {getattr(sampler, 't_start', None)}; "
+                             "build the sampler with the same t_start")
         cond = {"caption": list(captions), "name": list(names)} if names is not None else list(captions)
         c = self.get_learned_conditioning(cond)
-        kw = dict(guidance_kw or {})
-        farm_mode = kw.pop("farm_mode", "input")
-        guidance = MaskGuidance(m, z_bg=z_bg, farm=self.farm_fn() if farm_mode != "off" else None,
-                                farm_mode=farm_mode, **kw).bind(self.schedule)
-        x_T = None
-        if t_start is not None:
-            x_T = guidance.prepare_x_T(tuple(z_bg.shape), rng, t_start=t_start, device=z_bg.device,
-                                       dtype=z_bg.dtype)
-        z = sampler.sample(self.denoiser(c, m), tuple(z_bg.shape), rng=rng, guidance=guidance, x_T=x_T,
+        guidance = self.make_guidance(m, z_bg, **(guidance_kw or {}))
+        # the sampler draws x_T itself: pure noise, or z_bg noised to its own t_start
+        z = sampler.sample(self.denoiser(c, m), tuple(z_bg.shape), rng=rng, guidance=guidance,
                            device=z_bg.device, dtype=z_bg.dtype)
         decoded = self.decode_first_stage(z).clamp(-1.0, 1.0)
         return paste(decoded, images, masks)
@@ -196,12 +211,4 @@ class FAST(LatentDiffusion):
 
 def available_artifact_steps(dirpath: str | os.PathLike) -> list[int]:
     """Steps for which ``FARM-{step}.pt`` exists (the unit of ``--weight_idx``)."""
-    d = Path(dirpath)
-    if not d.is_dir():
-        return []
-    steps = set()
-    for p in d.iterdir():
-        m = re.match(r"^FARM-(\d+)\.pt$", p.name)
-        if m:
-            steps.add(int(m.group(1)))
-    return sorted(steps)
+    return available_steps(dirpath, "FARM")

@@ -3,10 +3,23 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from utils.errors import UserError
+
 from ..schedule import NoiseSchedule
 from .base import Sampler, Step
 from .grids import ddim_timesteps
 from .kernels import ddim_coefficients
+
+
+def truncate_grid(timesteps: Sequence[int], t_start: int | None, num_timesteps: int) -> list[int]:
+    """The grid for a run that starts at ``t_start`` (SDEdit / NDI): the grid points below it plus
+    ``t_start`` itself, so the first network call sees the state exactly where x_T was noised to."""
+    if t_start is None:
+        return list(timesteps)
+    t_start = int(t_start)
+    if not (0 <= t_start <= num_timesteps - 1):
+        raise UserError(f"t_start must lie in [0, {num_timesteps - 1}], got {t_start}")
+    return [int(t) for t in timesteps if int(t) < t_start] + [t_start]
 
 
 def descending_transitions(timesteps: Sequence[int], num_timesteps: int) -> list[tuple[int, int]]:
@@ -14,7 +27,7 @@ def descending_transitions(timesteps: Sequence[int], num_timesteps: int) -> list
     (alphas_cumprod[0], not clean data); a grid that already contains 0 ends on clean data (-1)."""
     ts = sorted({int(t) for t in timesteps}, reverse=True)
     if not ts or ts[-1] < 0 or ts[0] > num_timesteps - 1:
-        raise ValueError(f"timesteps must lie in [0, {num_timesteps - 1}], got {list(timesteps)}")
+        raise UserError(f"timesteps must lie in [0, {num_timesteps - 1}], got {list(timesteps)}")
     final = 0 if ts[-1] > 0 else -1
     return list(zip(ts, ts[1:] + [final]))
 
@@ -22,11 +35,13 @@ def descending_transitions(timesteps: Sequence[int], num_timesteps: int) -> list
 class DDIMSampler(Sampler):
     def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0,
                  timesteps: Sequence[int] | None = None, discretize: str = "uniform",
-                 clip_x0: float | None = None):
+                 t_start: int | None = None, clip_x0: float | None = None):
         super().__init__(schedule, clip_x0=clip_x0)
         self.eta = float(eta)
         if timesteps is None:
             timesteps = ddim_timesteps(schedule.num_timesteps, steps, discretize)
+        self.t_start = None if t_start is None else int(t_start)
+        timesteps = truncate_grid(timesteps, self.t_start, schedule.num_timesteps)
         self.transitions = descending_transitions(timesteps, schedule.num_timesteps)
         self.timesteps = [t_s for t_s, _ in self.transitions]
         out = []

@@ -1,6 +1,8 @@
 """Ancestral DDPM over every timestep: the 1000-NFE reference that AIAS approximates."""
 from __future__ import annotations
 
+from utils.errors import UserError
+
 from ..schedule import NoiseSchedule
 from .base import Sampler, Step
 
@@ -17,7 +19,7 @@ class DDPMSampler(Sampler):
         self.t_start = None if t_start is None else int(t_start)
         start = top if self.t_start is None else self.t_start
         if not (0 <= start <= top):
-            raise ValueError(f"t_start must lie in [0, {top}], got {start}")
+            raise UserError(f"t_start must lie in [0, {top}], got {start}")
         bufs = schedule.buffers()
         coef_b = bufs["posterior_mean_coef2"].tolist()
         coef_a = bufs["posterior_mean_coef1"].tolist()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from utils.errors import UserError
+
 GRID_KINDS = ("uniform", "coarse_to_fine")
 
 
@@ -21,17 +23,17 @@ def aias_boundaries(num_timesteps: int, segments: int, refine_steps: int = 2, ki
     hi = num_timesteps - 1 if t_start is None else int(t_start)
     lo = refine_steps - 1
     if segments < 1:
-        raise ValueError(f"AIAS needs at least one segment, got {segments}")
+        raise UserError(f"AIAS needs at least one segment, got {segments}")
     if refine_steps < 0:
-        raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
+        raise UserError(f"refine_steps must be >= 0, got {refine_steps}")
     if not (0 <= hi <= num_timesteps - 1):
-        raise ValueError(f"t_start must lie in [0, {num_timesteps - 1}], got {hi}")
+        raise UserError(f"t_start must lie in [0, {num_timesteps - 1}], got {hi}")
     if hi - lo < segments:
-        raise ValueError(f"{segments} segments do not fit between t={hi} and t={lo}")
+        raise UserError(f"{segments} segments do not fit between t={hi} and t={lo}")
     if kind == "uniform":
         b = torch.linspace(hi, lo, segments + 1, dtype=torch.float64).long().tolist()
         if len(set(b)) != len(b):  # only possible for very short ranges after truncation
-            raise ValueError(f"uniform grid of {segments} segments over [{lo}, {hi}] repeats a timestep")
+            raise UserError(f"uniform grid of {segments} segments over [{lo}, {hi}] repeats a timestep")
         return b
     if kind == "coarse_to_fine":
         extra = hi - lo - segments
@@ -41,7 +43,7 @@ def aias_boundaries(num_timesteps: int, segments: int, refine_steps: int = 2, ki
             out.append(lo + (segments - k) + int(extra * s * s))
         out[0] = hi  # guard against floating point in int(extra * 1.0)
         return out
-    raise ValueError(f"unknown AIAS grid '{kind}' ({', '.join(GRID_KINDS)})")
+    raise UserError(f"unknown AIAS grid '{kind}' ({', '.join(GRID_KINDS)})")
 
 
 def ddim_timesteps(num_timesteps: int, steps: int, discretize: str = "uniform") -> list[int]:
@@ -51,7 +53,7 @@ def ddim_timesteps(num_timesteps: int, steps: int, discretize: str = "uniform") 
     """
     steps = int(steps)
     if not (1 <= steps <= num_timesteps):
-        raise ValueError(f"DDIM steps must lie in [1, {num_timesteps}], got {steps}")
+        raise UserError(f"DDIM steps must lie in [1, {num_timesteps}], got {steps}")
     if discretize == "uniform":
         stride = num_timesteps // steps
         ts = [c + 1 for c in range(0, num_timesteps, stride)]
@@ -59,7 +61,7 @@ def ddim_timesteps(num_timesteps: int, steps: int, discretize: str = "uniform") 
         root = torch.linspace(0, (num_timesteps * 0.8) ** 0.5, steps, dtype=torch.float64)
         ts = [int(v) + 1 for v in (root ** 2).tolist()]
     else:
-        raise ValueError(f"unknown ddim_discretize '{discretize}' (uniform, quad)")
+        raise UserError(f"unknown ddim_discretize '{discretize}' (uniform, quad)")
     # LDM's "+1" pushes T//S == 1 grids past the end; keep valid, strictly increasing indices only
     ts = sorted({min(t, num_timesteps - 1) for t in ts})
     return ts

@@ -10,9 +10,11 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from utils.errors import UserError
+
 from ..schedule import NoiseSchedule
 from .base import Sampler, Step
-from .ddim import descending_transitions
+from .ddim import descending_transitions, truncate_grid
 from .grids import ddim_timesteps
 from .kernels import ddim_coefficients
 
@@ -20,12 +22,14 @@ from .kernels import ddim_coefficients
 class PLMSSampler(Sampler):
     def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0,
                  timesteps: Sequence[int] | None = None, discretize: str = "uniform",
-                 clip_x0: float | None = None):
+                 t_start: int | None = None, clip_x0: float | None = None):
         if eta != 0:
-            raise ValueError(f"PLMS is deterministic: eta must be 0, got {eta}")
+            raise UserError(f"PLMS is deterministic: eta must be 0, got {eta}")
         super().__init__(schedule, clip_x0=clip_x0)
         if timesteps is None:
             timesteps = ddim_timesteps(schedule.num_timesteps, steps, discretize)
+        self.t_start = None if t_start is None else int(t_start)
+        timesteps = truncate_grid(timesteps, self.t_start, schedule.num_timesteps)
         self.transitions = descending_transitions(timesteps, schedule.num_timesteps)
         self.timesteps = [t_s for t_s, _ in self.transitions]
         self.steps = [Step(t_s, t_e, *ddim_coefficients(schedule, t_s, t_e, 0.0)[:2], 0.0)

@@ -1,0 +1,494 @@
+"""One generation path: a trained run's folder → image–mask pairs on disk.
+
+``generate_with_mask.py``, the demo (through it), the benchmark (``build_model``) and the page all go
+through here, so the checks below hold for every entry point:
+
+- the run's saved config decides the layout, image size, mask split and embedding name
+  (``name_template``), with explicit overrides; masks come from the split the run was trained with;
+- the embeddings file must hold the requested name (no silent fresh embedding);
+- pair n's noise depends on (seed, category, defect, n) only: batch size, rank and resumption free;
+- every setting that changes a pixel is in ``synthesis.json``; a rerun with another value is refused;
+- ``provenance.json`` lists the exact real anomalies the generator trained on, so an evaluation can
+  refuse test images the generator saw;
+- latent masks never vanish (see ``ldm.models.diffusion.fast.latent_mask``); how many were kept
+  alive is counted and reported.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from utils.errors import InputNotFound, UserError
+
+DEFAULT_NAME_TEMPLATE = "{category}+{defect}"
+
+
+# ---------------------------------------------------------------------------------------------- options
+@dataclass
+class GenerationOptions:
+    """Everything ``generate_pairs`` needs; the CLI flags of ``generate_with_mask.py`` map 1:1."""
+
+    pt_path: str
+    sample_name: str
+    anomaly_name: str
+    data_root: str
+    outdir: str = "."
+    weight_idx: Optional[int] = None
+    mask_path: Optional[str] = None
+    mask_source: str = "real"
+    mask_split: Optional[str] = None        # None: the split the run was trained with
+    layout: Optional[str] = None            # None: the run's layout
+    init_word: Optional[str] = None
+    config: Optional[str] = None            # None: the run's saved config
+    ckpt: Optional[str] = None              # None: the backbone the run was trained from
+    sampler: str = "aias"
+    steps: int = 50
+    kernel: str = "exact"
+    refine_steps: int = 2
+    eta: float = 1.0
+    farm_mode: str = "input"
+    writeback: str = "window"
+    t_start: Optional[int] = None
+    prompt: str = "Anomaly *"
+    n_samples: int = 500
+    batch_size: int = 8
+    seed: int = 0
+    device: Optional[str] = None
+    progress: bool = True
+    rank: int = 0
+    world_size: int = 1
+    extra: dict = field(default_factory=dict)  # model-specific sampler options (e.g. STAGE windows)
+
+
+@dataclass
+class TrainedRun:
+    """A generator ready to sample: the model with its artifacts loaded, and what it was trained on."""
+
+    model: Any
+    config: Any
+    config_path: Path
+    pt_path: Path
+    step: int
+    ckpt: Path
+    name: str
+    train: dict
+
+    @property
+    def layout(self) -> str:
+        return str(self.train.get("layout", "mvtec"))
+
+    @property
+    def size(self) -> int:
+        return int(self.train.get("size", 256))
+
+    @property
+    def anomaly_split(self) -> str:
+        return str(self.train.get("anomaly_split", "third"))
+
+
+# ------------------------------------------------------------------------------------------ model build
+def find_run_config(pt_path, config: Optional[str] = None) -> Path:
+    """The config a run saved (``<run>/configs/*-project.yaml``, newest), or ``config`` when given."""
+    if config:
+        if not os.path.isfile(config):
+            raise InputNotFound(f"--config not found: {config}")
+        return Path(config)
+    cfg_dir = Path(pt_path).parent / "configs"
+    found = sorted(cfg_dir.glob("*-project.yaml"))
+    if not found:
+        raise InputNotFound(f"no --config given and no saved config in {cfg_dir}")
+    return found[-1]
+
+
+def build_model(config, ckpt=None, names: Optional[list] = None, init_word: Optional[str] = None,
+                device="cpu", quiet: bool = True):
+    """The model of a config (path, OmegaConf or dict), in eval mode on ``device``.
+
+    ``ckpt``: the backbone checkpoint (None: random weights and no nested checkpoint loads — what the
+    benchmark times). ``names``: the per-name embeddings to create (``category+defect``).
+    """
+    from omegaconf import OmegaConf
+
+    from ldm.util import instantiate_from_config
+
+    if isinstance(config, (str, os.PathLike)):
+        config = OmegaConf.load(config)
+    if not OmegaConf.is_config(config):
+        config = OmegaConf.create(config)
+    config = OmegaConf.create(OmegaConf.to_container(config, resolve=True))
+    if "model" in config:
+        config = config.model
+    params = config.get("params") or OmegaConf.create()
+    if ckpt is None:
+        _drop_keys(params, "ckpt_path")
+    else:
+        params.ckpt_path = str(ckpt)
+    pc = params.get("personalization_config")
+    if pc is not None:
+        pc.params = pc.get("params") or {}
+        if names is not None:
+            pc.params.names = list(names)
+        if init_word:
+            pc.params.initializer_words = [init_word]
+    config.params = params
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
+        model = instantiate_from_config(config)
+    return model.to(device).eval()
+
+
+def _drop_keys(node, key: str) -> None:
+    """Remove ``key`` at any depth, so no sub-model tries to load weights from disk."""
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(node, (dict, DictConfig)):
+        if key in node:
+            del node[key]
+        for v in node.values():
+            _drop_keys(v, key)
+    elif isinstance(node, (list, ListConfig)):
+        for v in node:
+            _drop_keys(v, key)
+
+
+def embedding_name(train: dict, category: str, defect: str) -> str:
+    """The embedding key the run trained for (its ``name_template``, e.g. BTAD's fixed ``damaged``)."""
+    template = str(train.get("name_template", DEFAULT_NAME_TEMPLATE))
+    try:
+        return template.format(category=category, defect=defect)
+    except (KeyError, IndexError, ValueError) as e:
+        raise UserError(f"name_template '{template}' of the run's config is not valid ({e})") from None
+
+
+def check_embedding_name(path: Path, name: str, placeholders=("*",)) -> None:
+    """Refuse to sample a name the embeddings file does not hold (it would silently be a fresh,
+    untrained embedding). Files keyed by placeholder (official, one model per defect) pass."""
+    from ldm.modules.embedding_manager import EmbeddingManager
+
+    if not path.is_file():
+        raise InputNotFound(f"embeddings file not found: {path}")
+    _, params = EmbeddingManager.read_file(path)
+    names = sorted(params)
+    if set(names) <= set(placeholders):
+        return
+    if name not in names:
+        raise UserError(f"{path} holds no embedding '{name}' (from --sample_name/--anomaly_name and the run's "
+                        f"name_template); it holds: {', '.join(names)}")
+
+
+def resolve_step(pt_path, weight_idx: Optional[int], model_class=None) -> int:
+    """``--weight_idx`` checked against the artifacts on disk (default: the latest)."""
+    if model_class is None:
+        from ldm.models.diffusion.fast import FAST as model_class
+    steps = model_class.artifact_steps(pt_path)
+    if not steps:
+        first = model_class.ARTIFACT_MODULES[0][0]
+        raise InputNotFound(f"no {first}-<N>.pt artifacts in --pt_path {pt_path}")
+    if weight_idx is None:
+        return steps[-1]
+    if weight_idx not in steps:
+        raise UserError(f"--weight_idx {weight_idx} not found in {pt_path}; available: {steps}")
+    return int(weight_idx)
+
+
+def load_run(opt: GenerationOptions, device) -> TrainedRun:
+    """Model + artifacts of a run folder (``--pt_path`` = ``<run>/checkpoints``)."""
+    from omegaconf import OmegaConf
+
+    pt_path = Path(opt.pt_path)
+    if not pt_path.is_dir():
+        raise InputNotFound(f"--pt_path not found: {pt_path}")
+    config_path = find_run_config(pt_path, opt.config)
+    config = OmegaConf.load(config_path)
+    if "model" not in config:
+        raise UserError(f"{config_path} has no 'model' section")
+    train = {}
+    if "data" in config and config.data.get("params", {}).get("train") is not None:
+        train = OmegaConf.to_container(config.data.params.train.get("params") or {}, resolve=True)
+    name = embedding_name(train, opt.sample_name, opt.anomaly_name)
+    model_class = _target_class(config.model.target)
+    if not hasattr(model_class, "load_artifacts"):
+        raise UserError(f"{config_path} does not configure a generator with artifacts "
+                        f"(target {config.model.target})")
+    step = resolve_step(pt_path, opt.weight_idx, model_class)
+    pc = config.model.params.get("personalization_config")
+    if pc is not None:
+        placeholders = (pc.get("params") or {}).get("placeholder_strings", ["*"])
+        check_embedding_name(pt_path / f"embeddings_gs-{step}.pt", name, tuple(placeholders))
+    ckpt = opt.ckpt or config.model.params.get("ckpt_path")
+    if not ckpt:
+        raise UserError("no backbone checkpoint: pass --ckpt (the LDM checkpoint the run was trained on)")
+    if not os.path.isfile(ckpt):
+        raise InputNotFound(f"backbone checkpoint not found: {ckpt}")
+    model = build_model(config, ckpt, names=[name], init_word=opt.init_word, device=device)
+    model.load_artifacts(pt_path, step)
+    model.to(device).eval()
+    return TrainedRun(model, config, Path(config_path), pt_path, step, Path(ckpt), name, train)
+
+
+def _target_class(target: str):
+    import importlib
+
+    module, cls = str(target).rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def normal_images(data_root, category: str, layout: str) -> list[Path]:
+    """A folder of normal images, or a dataset root (then that category's normal training images)."""
+    from ldm.data.generation import normal_images_for
+    from ldm.data.io import list_image_files
+
+    root = Path(data_root)
+    if not root.is_dir():
+        raise InputNotFound(f"--data_root not found: {root}")
+    files = list_image_files(root)
+    if files:
+        return files
+    if (root / category).is_dir():
+        return normal_images_for(layout, root, category)
+    raise InputNotFound(f"--data_root {root} holds no images and no category folder '{category}'")
+
+
+def mask_source(kind: str, mask_path, size, seed: int, layout: str, split: str, category: str, defect: str):
+    """Real/augmented masks from the *generator side* of ``split`` when ``mask_path`` is a dataset
+    defect folder; every mask of a plain folder of masks; or Perlin masks."""
+    from ldm.data.layouts import resolve_mvtec_path
+    from ldm.data.masks import AugmentedMasks, RealMasks
+    from ldm.synthesizers.common import make_mask_source
+
+    if kind == "perlin":
+        return make_mask_source("perlin", size, seed)
+    if kind not in ("real", "augmented"):
+        raise UserError(f"--mask_source must be real, augmented or perlin, got {kind!r}")
+    if mask_path is None:
+        raise UserError(f"--mask_source {kind} needs --mask_path")
+    try:
+        root, cat, dfct = resolve_mvtec_path(mask_path, category=category, defect=defect)[:3]
+    except (ValueError, FileNotFoundError):
+        root = cat = dfct = None
+    if root is not None and cat is not None and dfct is not None:
+        return make_mask_source(kind, size, seed, layout, root, cat, dfct, split)
+    if not Path(mask_path).is_dir():
+        raise InputNotFound(f"--mask_path not found: {mask_path}")
+    cls = RealMasks if kind == "real" else AugmentedMasks
+    return cls(paths=mask_path, size=size, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------ provenance
+def training_anomalies(run: TrainedRun) -> tuple[Optional[list[dict]], Optional[str]]:
+    """The exact (image, mask) files the run trained on, from its saved data config; (None, why)
+    when they cannot be listed (e.g. the dataset moved)."""
+    from ldm.data.anomaly import AnomalyDataset
+
+    if not run.train:
+        return None, "the run's config has no data.params.train section"
+    params = dict(run.train)
+    params.update(set="train", repeats=1, flip_p=0.0, cache_images=False)
+    try:
+        with _quiet_warnings():
+            ds = AnomalyDataset(**{k: v for k, v in params.items() if k in _anomaly_dataset_keys()})
+    except (UserError, OSError, TypeError) as e:
+        return None, f"cannot list the run's training anomalies: {e}"
+    seen, out = set(), []
+    for s in ds.samples:
+        key = (str(s.image), str(s.mask))
+        if key not in seen:
+            seen.add(key)
+            out.append({"image": str(Path(s.image).resolve()), "mask": str(Path(s.mask).resolve()),
+                        "category": s.category, "defect": s.defect})
+    return out, None
+
+
+def _anomaly_dataset_keys() -> set:
+    import inspect
+
+    from ldm.data.anomaly import AnomalyDataset
+
+    return set(inspect.signature(AnomalyDataset.__init__).parameters) - {"self"}
+
+
+@contextlib.contextmanager
+def _quiet_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def provenance(run: TrainedRun, opt: GenerationOptions, split: str, masks) -> dict:
+    anomalies, why = training_anomalies(run)
+    mask_files = sorted({str(Path(p).resolve()) for p in getattr(masks, "paths", [])})
+    return {"generator": type(run.model).__name__, "run": str(run.pt_path.parent.resolve()),
+            "config": str(run.config_path.resolve()), "checkpoint_step": run.step,
+            "backbone": str(run.ckpt.resolve()), "embedding_name": run.name,
+            "category": opt.sample_name, "defect": opt.anomaly_name,
+            "anomaly_split": run.anomaly_split, "mask_split": split, "mask_source": opt.mask_source,
+            "mask_files": mask_files, "training_anomalies": anomalies, "training_anomalies_unknown": why}
+
+
+# -------------------------------------------------------------------------------------------- settings
+def pixel_settings(run: TrainedRun, opt: GenerationOptions, split: str, layout: str, size: int) -> dict:
+    """Every setting that changes a pixel of pair n (not n_samples, batch size, rank or device)."""
+    from ldm.pairs import file_fingerprint
+
+    artifacts = {p.name: file_fingerprint(p) for p in sorted(run.pt_path.glob(f"*-{run.step}.pt"))}
+    resolve = (lambda p: None if p is None else str(Path(p).resolve()))
+    return {"method": type(run.model).__name__.lower(), "config": resolve(run.config_path),
+            "config_sha256": file_fingerprint(run.config_path), "ckpt": resolve(run.ckpt),
+            "ckpt_fingerprint": file_fingerprint(run.ckpt), "pt_path": resolve(run.pt_path),
+            "weight_idx": run.step, "artifacts": artifacts, "embedding_name": run.name,
+            "sampler": opt.sampler, "steps": opt.steps, "kernel": opt.kernel, "refine_steps": opt.refine_steps,
+            "eta": opt.eta, "farm_mode": opt.farm_mode, "writeback": opt.writeback, "t_start": opt.t_start,
+            "mask_source": opt.mask_source, "mask_split": split, "mask_path": resolve(opt.mask_path),
+            "data_root": resolve(opt.data_root), "layout": layout, "prompt": opt.prompt, "seed": opt.seed,
+            "size": size, "init_word": opt.init_word, "extra": dict(opt.extra)}
+
+
+def make_sampler(run: TrainedRun, opt: GenerationOptions):
+    """The sampler for ``opt`` (the model's own ``make_sampler`` when it has one, e.g. STAGE)."""
+    kw = dict(opt.extra)
+    if opt.sampler == "aias":
+        kw.update(refine_steps=opt.refine_steps, kernel=opt.kernel, t_start=opt.t_start)
+        return _make(run, "aias", opt.steps, kw)
+    if opt.sampler == "ddim":
+        return _make(run, "ddim", opt.steps, dict(kw, eta=opt.eta, t_start=opt.t_start))
+    if opt.sampler == "plms":
+        return _make(run, "plms", opt.steps, dict(kw, t_start=opt.t_start))
+    if opt.sampler == "ddpm":
+        return _make(run, "ddpm", None, dict(kw, t_start=opt.t_start))
+    return _make(run, opt.sampler, opt.steps, dict(kw, t_start=opt.t_start) if opt.t_start is not None else kw)
+
+
+def _make(run: TrainedRun, name: str, steps, kw: dict):
+    if hasattr(run.model, "make_sampler"):
+        return run.model.make_sampler(name, steps, **kw)
+    from ldm.models.diffusion.samplers import build_sampler
+
+    return build_sampler(name, run.model.schedule, steps=steps, **kw)
+
+
+# ------------------------------------------------------------------------------------------ generation
+def pick_device(opt: GenerationOptions):
+    import torch
+
+    if opt.device:
+        return torch.device(opt.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def validate(opt: GenerationOptions) -> None:
+    if opt.n_samples < 1:
+        raise UserError(f"--n_samples must be >= 1, got {opt.n_samples}")
+    if opt.batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {opt.batch_size}")
+    if opt.steps is not None and opt.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {opt.steps}")
+    if opt.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {opt.seed}")
+    out = Path(opt.outdir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--outdir {out} exists and is not a folder")
+
+
+def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log=print) -> dict:
+    """Write pairs ``rank, rank + world, …`` below ``n_samples`` to ``<outdir>/<sample>/<anomaly>/``.
+
+    Returns ``{"out", "written", "skipped", "step", "nfe", "seconds", "kept_alive", "sampler"}``.
+    """
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from ldm.data.generation import GenerationInputs
+    from ldm.models.diffusion.fast import rescued_latent_masks
+    from ldm.models.diffusion.samplers.rng import BatchRNG
+    from ldm.pairs import PairWriter, check_manifest, derive_seed, pair_seed, write_provenance
+
+    validate(opt)
+    device = pick_device(opt)
+    t0 = time.perf_counter()
+    if run is None:
+        run = load_run(opt, device)
+    model = run.model
+    split = opt.mask_split or run.anomaly_split
+    layout = opt.layout or run.layout
+    size = run.size
+    seed = derive_seed(opt.seed, opt.sample_name, opt.anomaly_name)
+    masks = mask_source(opt.mask_source, opt.mask_path, size, seed, layout, split, opt.sample_name,
+                        opt.anomaly_name)
+    inputs = GenerationInputs(normal_images(opt.data_root, opt.sample_name, layout), masks, size=size, seed=seed,
+                              length=opt.n_samples)
+    writer = PairWriter(opt.outdir, opt.sample_name, opt.anomaly_name)
+    sampler = make_sampler(run, opt)
+    if opt.rank == 0:
+        check_manifest(writer.root, pixel_settings(run, opt, split, layout, size))
+        write_provenance(writer.root, provenance(run, opt, split, masks))
+    guidance_kw = {"farm_mode": opt.farm_mode, "writeback": opt.writeback}
+    mine = range(opt.rank, opt.n_samples, opt.world_size)
+    todo = [n for n in mine if not writer.done(n)]
+    latent = int(model.image_size)
+    log(f"[generate] {run.name}: step {run.step}, {opt.sampler} ({sampler.nfe} network calls per image), "
+        f"{len(todo)} of {len(mine)} pairs to write on {device} (rank {opt.rank}/{opt.world_size})")
+    kept_alive = 0
+    bar = tqdm(total=len(todo), desc=f"generate {run.name}", disable=not opt.progress, file=sys.stderr)
+    for start in range(0, len(todo), opt.batch_size):
+        chunk = todo[start:start + opt.batch_size]
+        items = [inputs[n] for n in chunk]
+        images = torch.from_numpy(np.stack([it["image"] for it in items])).permute(0, 3, 1, 2)
+        pix = torch.from_numpy(np.stack([it["mask"] for it in items]))[:, None]
+        kept_alive += rescued_latent_masks(pix, (latent, latent), getattr(model, "mask_threshold", 0.5))
+        rng = BatchRNG([pair_seed(opt.seed, opt.sample_name, opt.anomaly_name, n) for n in chunk])
+        with torch.inference_mode():
+            out = model.generate(images, pix, [opt.prompt] * len(chunk), [run.name] * len(chunk), sampler, rng,
+                                 guidance_kw=guidance_kw, t_start=opt.t_start)
+        out = out.permute(0, 2, 3, 1).float().cpu().numpy()
+        for n, item, img in zip(chunk, items, out):
+            writer.write(n, img, item["mask"], item["image"],
+                         meta={"normal_image": item["normal_path"], "mask_origin": item["mask_origin"],
+                               "seed": pair_seed(opt.seed, opt.sample_name, opt.anomaly_name, n)})
+        bar.update(len(chunk))
+    bar.close()
+    if kept_alive:
+        log(f"[generate] warning: {kept_alive} of {len(todo)} masks were thinner than one latent cell "
+            f"({latent}×{latent} latent); each kept its strongest cell so the pair still carries a defect")
+    sheet = None
+    if opt.rank == 0:
+        writer.write_index(opt.n_samples)
+        sheet = write_contact_sheet(writer, opt.n_samples)
+    log(f"[generate] done: {writer.root}" + (f" (contact sheet {sheet})" if sheet else ""))
+    return {"out": str(writer.root), "written": len(todo), "skipped": len(mine) - len(todo), "step": run.step,
+            "nfe": sampler.nfe, "seconds": time.perf_counter() - t0, "kept_alive": kept_alive,
+            "sampler": opt.sampler}
+
+
+def write_contact_sheet(writer, n_samples: int, count: int = 16):
+    """Up to ``count`` image|mask|original strips in one PNG, for a look at the results."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from utils.images import make_grid, save_png
+
+    strips = []
+    for n in range(n_samples):
+        p = writer.paths(n)["image-mask-ori"]
+        if p.is_file():
+            strips.append(np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
+        if len(strips) == count:
+            break
+    if not strips:
+        return None
+    batch = torch.from_numpy(np.stack(strips)).permute(0, 3, 1, 2)
+    path = writer.root / "contact_sheet.png"
+    save_png(make_grid(batch, nrow=2), path)
+    return path

@@ -1,0 +1,55 @@
+"""A tiny trained-run folder (saved config + backbone checkpoint + FAST artifacts) for generation tests.
+
+The model is untrained (random but non-degenerate weights): generation tests check what is written
+and refused, not image quality.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from ldm.data.texture_ad import build_texture_ad
+from ldm.util import instantiate_from_config
+from tests.tiny_configs import fast_config
+
+
+def make_dataset(root: Path, defects=("scratch",), per_defect: int = 6) -> Path:
+    build_texture_ad(root, size=32, train_good=4, test_good=2, per_defect=per_defect, textures=["brick"],
+                     defects=list(defects))
+    return root
+
+
+def make_run(work: Path, data: Path, names=("brick+scratch",), defect: str = "scratch", split: str = "third",
+             steps=(5,), name_template: str | None = None) -> Path:
+    """``work/run/{configs,checkpoints}`` and ``work/backbone.ckpt``; returns the checkpoints folder."""
+    torch.manual_seed(0)
+    cfg = fast_config(names=list(names))
+    model = instantiate_from_config(cfg)
+    with torch.no_grad():  # a "pretrained" backbone: no zero-initialised output layers
+        for p in model.model.parameters():
+            if p.ndim > 1 and p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith(("FARM.", "fine.", "embedding_"))}
+    torch.save({"state_dict": backbone}, work / "backbone.ckpt")
+    ckdir = work / "run" / "checkpoints"
+    for step in steps:
+        model.export_artifacts(ckdir, step)
+    cfg["params"]["ckpt_path"] = str(work / "backbone.ckpt")
+    train = {"root": str(data), "layout": "mvtec", "category": "brick", "defect": defect, "size": 32,
+             "anomaly_split": split}
+    if name_template is not None:
+        train["name_template"] = name_template
+    full = {"model": cfg, "data": {"target": "ldm.data.datamodule.DataModuleFromConfig",
+                                   "params": {"batch_size": 2, "train": {"target": "ldm.data.anomaly.AnomalyDataset",
+                                                                         "params": train}}}}
+    (work / "run" / "configs").mkdir(parents=True, exist_ok=True)
+    (work / "run" / "configs" / "now-project.yaml").write_text(yaml.safe_dump(full))
+    return ckdir
+
+
+def gen_args(data: Path, ckdir: Path, out: Path, *extra, anomaly: str = "scratch") -> list[str]:
+    return ["--data_root", str(data), "--sample_name", "brick", "--anomaly_name", anomaly, "--pt_path", str(ckdir),
+            "--mask_path", str(data / "brick" / "ground_truth" / anomaly), "--outdir", str(out),
+            "--steps", "4", "--n_samples", "5", "--no_progress", "--device", "cpu", *extra]

@@ -1,0 +1,254 @@
+"""Generated data that cannot be silently wrong: each test names a corruption path it closes."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import generate_with_mask as gen
+from ldm.data.layouts import index_category
+from ldm.generation import load_run
+from ldm.models.diffusion.fast import latent_mask, rescued_latent_masks
+from ldm.models.diffusion.samplers import build_sampler
+from ldm.models.diffusion.schedule import NoiseSchedule
+from ldm.pairs import pair_seed, read_index
+from ldm.segmentation.data import EvaluationSet
+from ldm.segmentation.leakage import check_leakage
+from tests.run_fixture import gen_args, make_dataset, make_run
+from utils.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    work = tmp_path_factory.mktemp("trust")
+    data = make_dataset(work / "texture-ad", defects=("scratch", "crack"))
+    ckdir = make_run(work, data, names=("brick+scratch", "brick+crack"), steps=(5, 7))
+    return work, data, ckdir
+
+
+# --------------------------------------------------------------------------- 1. latent-mask threshold
+def test_latent_mask_keeps_cells_at_exactly_half():
+    # bilinear 256 -> 32 samples pixels 8i+3 and 8i+4 for cell i: an 8 px line on rows 4..11 puts
+    # cells 0 and 1 at exactly 0.5. The official rule (>= 0.5) keeps both rows; "> 0.5" kept nothing.
+    m = torch.zeros(1, 256, 256)
+    m[:, 4:12, :] = 1
+    lat = latent_mask(m, (32, 32))
+    assert lat.shape == (1, 1, 32, 32)
+    assert lat[0, 0, :2].eq(1).all() and lat[0, 0, 2:].eq(0).all()
+    assert rescued_latent_masks(m, (32, 32)) == 0
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 7])
+def test_thin_lines_and_small_blobs_never_vanish(width):
+    rng = np.random.default_rng(width)
+    for _ in range(20):
+        m = torch.zeros(1, 256, 256)
+        r, c = (int(v) for v in rng.integers(0, 256 - 40, 2))
+        if rng.random() < 0.5:
+            m[:, r:r + width, c:c + 40] = 1          # a thin scratch
+        else:
+            m[:, r:r + width, c:c + width] = 1       # a small blob
+        lat = latent_mask(m, (32, 32))
+        assert lat.sum() >= 1, "a non-empty pixel mask became an empty latent mask"
+        # the kept cell covers part of the pixel mask
+        cover = torch.nn.functional.adaptive_avg_pool2d(m[:, None], (32, 32))
+        assert float((cover * lat).sum()) > 0
+
+
+def test_empty_pixel_mask_stays_empty():
+    assert latent_mask(torch.zeros(2, 64, 64), (16, 16)).sum() == 0
+
+
+def test_generation_counts_masks_kept_alive(world, tmp_path):
+    work, data, ckdir = world
+    masks = tmp_path / "thin"
+    masks.mkdir()
+    for i in range(3):  # 1 px scratches: bilinear 32 -> 8 samples rows 4k+1, 4k+2 only
+        a = np.zeros((32, 32), np.uint8)
+        a[4 * i + 3, 4:20] = 255
+        Image.fromarray(a).save(masks / f"{i:03d}_mask.png")
+    out = gen.main(gen_args(data, ckdir, tmp_path / "out", "--mask_path", str(masks), "--n_samples", "3"))
+    assert out["kept_alive"] == 3
+    rows = read_index(tmp_path / "out" / "brick" / "scratch")
+    assert len(rows) == 3 and all(r["mask_area"] > 0 for r in rows)
+
+
+# ------------------------------------------------------------------------ 2. mask split from the run
+@pytest.mark.parametrize("split,expected", [("third", 2), ("all", 6)])
+def test_masks_come_from_the_split_the_run_trained_with(tmp_path, split, expected):
+    data = make_dataset(tmp_path / "data")
+    ckdir = make_run(tmp_path, data, split=split)
+    gen.main(gen_args(data, ckdir, tmp_path / "out"))
+    prov = json.loads((tmp_path / "out" / "brick" / "scratch" / "provenance.json").read_text())
+    assert prov["mask_split"] == split and len(prov["mask_files"]) == expected
+    assert len(prov["training_anomalies"]) == expected
+    # and the flag overrides it
+    other = "all" if split == "third" else "third"
+    gen.main(gen_args(data, ckdir, tmp_path / "out2", "--mask_split", other))
+    prov = json.loads((tmp_path / "out2" / "brick" / "scratch" / "provenance.json").read_text())
+    assert len(prov["mask_files"]) == (6 if other == "all" else 2)
+
+
+# -------------------------------------------------------------------- 3. t_start for every sampler
+@pytest.mark.parametrize("name,steps", [("aias", 6), ("ddim", 10), ("plms", 10), ("ddpm", None)])
+def test_every_sampler_makes_its_first_call_at_t_start(name, steps):
+    schedule = NoiseSchedule.from_config("linear", 1000, 0.00085, 0.012)
+    sampler = build_sampler(name, schedule, steps=steps, t_start=437)
+    calls = []
+
+    def denoiser(x, t):
+        calls.append(int(t[0]))
+        return torch.zeros_like(x)
+
+    from ldm.models.diffusion.samplers import MaskGuidance
+
+    z_bg = torch.zeros(1, 4, 8, 8)
+    guidance = MaskGuidance(torch.ones(1, 1, 8, 8), z_bg=z_bg, writeback="off")
+    sampler.sample(denoiser, (1, 4, 8, 8), rng=[0], guidance=guidance)
+    assert calls[0] == 437 and max(calls) == 437
+
+
+def test_generate_with_ddim_and_t_start_starts_there(world, tmp_path, monkeypatch):
+    work, data, ckdir = world
+    opt = gen.options(gen_args(data, ckdir, tmp_path, "--sampler", "ddim", "--steps", "5", "--t_start", "300",
+                               "--n_samples", "1"))
+    run = load_run(opt, torch.device("cpu"))
+    seen = []
+    original = run.model.denoiser
+
+    def spy(c, m):
+        fn = original(c, m)
+        return lambda x, t: (seen.append(int(t[0])), fn(x, t))[1]
+
+    monkeypatch.setattr(run.model, "denoiser", spy)
+    from ldm.generation import generate_pairs
+
+    generate_pairs(opt, run=run, log=lambda *_: None)
+    assert seen[0] == 300
+
+
+# ------------------------------------------------------------------------ 4. embedding-name mismatch
+def test_unknown_embedding_name_is_refused_with_the_names_it_holds(world, tmp_path):
+    work, data, ckdir = world
+    args = gen_args(data, ckdir, tmp_path, "--mask_path", str(data / "brick" / "ground_truth" / "scratch"))
+    args[args.index("--anomaly_name") + 1] = "Scratch"
+    with pytest.raises(UserError, match=r"holds no embedding 'brick\+Scratch'.*brick\+crack, brick\+scratch"):
+        gen.main(args)
+    assert not (tmp_path / "brick").exists()
+
+
+def test_name_template_of_the_run_decides_the_embedding_name(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    ckdir = make_run(tmp_path, data, names=("damaged",), name_template="damaged")
+    out = gen.main(gen_args(data, ckdir, tmp_path / "out", "--n_samples", "1"))
+    assert out["written"] == 1
+    prov = json.loads((tmp_path / "out" / "brick" / "scratch" / "provenance.json").read_text())
+    assert prov["embedding_name"] == "damaged"
+
+
+# -------------------------------------------------------------------------------- 5. the manifest
+def test_rerun_with_any_pixel_setting_changed_is_refused(world, tmp_path):
+    work, data, ckdir = world
+    out = tmp_path / "out"
+    base = gen_args(data, ckdir, out, "--weight_idx", "5", "--n_samples", "2")
+    assert gen.main(base)["written"] == 2
+    assert gen.main(base)["written"] == 0              # identical rerun resumes
+    assert gen.main(base + ["--batch_size", "1", "--n_samples", "3"])["written"] == 1  # not pixel settings
+    config_copy = tmp_path / "other.yaml"
+    config_copy.write_text((ckdir.parent / "configs" / "now-project.yaml").read_text() + "\n# edited\n")
+    ckpt_copy = tmp_path / "backbone2.ckpt"
+    shutil.copy(work / "backbone.ckpt", ckpt_copy)
+    with torch.no_grad():
+        sd = torch.load(ckpt_copy, weights_only=True)
+        k = next(iter(sd["state_dict"]))
+        sd["state_dict"][k] = sd["state_dict"][k] + 1
+        torch.save(sd, ckpt_copy)
+    masks_copy = tmp_path / "masks"
+    shutil.copytree(data / "brick" / "ground_truth" / "scratch", masks_copy)
+    changed = {
+        "refine_steps": ["--refine_steps", "1"],
+        "eta": ["--eta", "0.5"],
+        "data_root": ["--data_root", str(data / "brick" / "train" / "good")],
+        "mask_path": ["--mask_path", str(masks_copy)],
+        "layout": ["--layout", "texture_ad"],
+        "config": ["--config", str(config_copy)],
+        "ckpt": ["--ckpt", str(ckpt_copy)],
+        "weight_idx": ["--weight_idx", "7"],
+        "mask_split": ["--mask_split", "all"],
+        "seed": ["--seed", "1"],
+        "steps": ["--steps", "5"],
+        "sampler": ["--sampler", "ddim"],
+        "t_start": ["--t_start", "500"],
+        "farm_mode": ["--farm_mode", "off"],
+        "prompt": ["--prompt", "Defect *"],
+    }
+    for setting, flags in changed.items():
+        with pytest.raises(UserError, match=rf"other settings \(.*\b{setting}\b"):
+            gen.main(base + flags)
+    assert sorted(p.name for p in (out / "brick" / "scratch" / "image").iterdir()) == ["0.png", "1.png", "2.png"]
+
+
+# --------------------------------------------------------------------------- 6. noise per defect
+def test_pair_noise_differs_across_defect_folders(world, tmp_path):
+    assert pair_seed(0, "brick", "scratch", 0) != pair_seed(0, "brick", "crack", 0)
+    assert pair_seed(0, "brick", "scratch", 0) == pair_seed(0, "brick", "scratch", 0)
+    work, data, ckdir = world
+    for defect in ("scratch", "crack"):
+        gen.main(gen_args(data, ckdir, tmp_path, "--n_samples", "2", anomaly=defect))
+    a, b = (read_index(tmp_path / "brick" / d) for d in ("scratch", "crack"))
+    assert [r["seed"] for r in a] != [r["seed"] for r in b]
+    assert a[0]["seed"] == pair_seed(0, "brick", "scratch", 0)
+
+
+# ---------------------------------------------------------------------------- 7. evaluation leaks
+def test_comparison_refuses_pairs_whose_generator_saw_test_images(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    ckdir = make_run(tmp_path, data, split="all")      # the generator trained on every real anomaly
+    gen.main(gen_args(data, ckdir, tmp_path / "pairs", "--n_samples", "1"))
+    index = index_category("mvtec", data, "brick")
+    held_out = EvaluationSet(index, 32, "third")
+    with pytest.raises(UserError, match="test image.* were training images"):
+        check_leakage(tmp_path / "pairs" / "brick", held_out.items, "brick")
+    note = check_leakage(tmp_path / "pairs" / "brick", held_out.items, "brick", allow=True)
+    assert note.startswith("LEAK ALLOWED: 4 test image(s)")
+
+
+def test_comparison_accepts_pairs_from_a_generator_on_the_other_side(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    ckdir = make_run(tmp_path, data, split="third")
+    gen.main(gen_args(data, ckdir, tmp_path / "pairs", "--n_samples", "1"))
+    held_out = EvaluationSet(index_category("mvtec", data, "brick"), 32, "third")
+    assert check_leakage(tmp_path / "pairs" / "brick", held_out.items, "brick") is None
+    # a copy of the dataset elsewhere is still recognised (match by category/defect/file name)
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    all_side = EvaluationSet(index_category("mvtec", copy, "brick"), 32, "all")
+    with pytest.raises(UserError, match="2 test image"):
+        check_leakage(tmp_path / "pairs" / "brick", all_side.items, "brick")
+
+
+# ------------------------------------------------------------------------------------ 8. init words
+def test_official_init_words_for_mvtec_defects(tmp_path):
+    from scripts.train_all import init_word_for, known_init_word
+
+    assert known_init_word("mvtec", "pill", "scratch") == "type"
+    assert known_init_word("mvtec", "cable", "poke_insulation") == "poke"
+    assert known_init_word("btad", "01", "ko") == "broken"
+    assert known_init_word("visa", "candle", "damage") is None
+    # the table wins over the tokenizer rule; unknown datasets keep the rule
+    assert init_word_for("broken_large", None, "anomaly", "mvtec", "bottle") == "large"
+    assert init_word_for("broken_large", None, "anomaly", "visa", "bottle") == "anomaly"
+
+
+def test_train_all_plans_official_init_words(tmp_path, capsys):
+    from scripts.train_all import main
+    from tests.fixtures_data import make_mvtec
+
+    root = make_mvtec(tmp_path / "mvtec")
+    assert main(["--config", "configs/fast/mvtec.yaml", "--dataset", str(root), "--dry_run"]) == 0
+    printed = capsys.readouterr().out
+    lines = [ln for ln in printed.splitlines() if "bottle" in ln and "broken_large" in ln]
+    assert lines and "--init_word large" in lines[0]
+    assert any("--init_word contamination" in ln for ln in printed.splitlines() if "contamination" in ln)
