@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ldm.data.io import save_png_atomic
+from ldm.data.io import save_png_atomic, to_uint8
 from utils.atomic import write_text_atomic
 from utils.errors import UserError
 
@@ -101,8 +101,10 @@ class PairWriter:
               meta: dict | None = None) -> dict:
         """``image``/``original`` H×W×3 float in [-1, 1]; ``mask`` H×W {0, 1}. Returns the pair's record
         (``meta`` plus scores). The strip is written last."""
-        image = np.clip(np.asarray(image, np.float32), -1.0, 1.0)
-        original = np.clip(np.asarray(original, np.float32), -1.0, 1.0)
+        # the exact pixels the PNGs hold: scores then describe the files and do not depend on float
+        # noise from the batch a pair was generated in
+        image = to_uint8(np.clip(np.asarray(image, np.float32), -1.0, 1.0))
+        original = to_uint8(np.clip(np.asarray(original, np.float32), -1.0, 1.0))
         m = np.asarray(mask) > 0.5
         if image.shape != original.shape or image.ndim != 3 or m.shape != image.shape[:2]:
             raise ValueError(f"pair {n} for {self.root}: image {image.shape}, mask {m.shape} and original "
@@ -116,7 +118,7 @@ class PairWriter:
         save_png_atomic(image, p["image"])
         save_png_atomic(m.astype(np.uint8) * 255, p["mask"])
         write_text_atomic(self.meta_path(n), json.dumps(_plain(record), sort_keys=True) + "\n")
-        mask_rgb = np.repeat(m[..., None].astype(np.float32) * 2.0 - 1.0, 3, axis=2)
+        mask_rgb = np.repeat(m[..., None].astype(np.uint8) * 255, 3, axis=2)
         save_png_atomic(np.concatenate([image, mask_rgb, original], axis=1), p["image-mask-ori"])
         return record
 

@@ -31,6 +31,7 @@ from utils.errors import InputNotFound, UserError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "natural_key",
+    "to_uint8",
     "is_image_file",
     "list_image_files",
     "parse_size",
@@ -193,6 +194,21 @@ def load_mask(path: Union[str, os.PathLike], size: SizeLike = None) -> np.ndarra
     return resize_mask(binarize_mask_array(raw), size)
 
 
+def to_uint8(image: np.ndarray, path="array") -> np.ndarray:
+    """The exact pixels a PNG of ``image`` holds: uint8 as is; bool → 0/255; float in [-1, 1]
+    (HWC images) or {0, 1} (2-D masks) scaled and rounded."""
+    a = np.asarray(image)
+    if a.dtype == bool:
+        return a.astype(np.uint8) * 255
+    if a.dtype.kind == "f":
+        if a.ndim == 2:
+            return np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.clip((a + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    if a.dtype != np.uint8:
+        raise UserError(f"cannot save array of dtype {a.dtype} as PNG: {path}")
+    return a
+
+
 def save_png_atomic(image: Union[np.ndarray, Image.Image], path: Union[str, os.PathLike]) -> Path:
     """Write a PNG through a temp file in the same folder and ``os.replace``; never half a file.
 
@@ -204,16 +220,7 @@ def save_png_atomic(image: Union[np.ndarray, Image.Image], path: Union[str, os.P
     if isinstance(image, Image.Image):
         im = image
     else:
-        a = np.asarray(image)
-        if a.dtype == bool:
-            a = a.astype(np.uint8) * 255
-        elif a.dtype.kind == "f":
-            if a.ndim == 2:
-                a = np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
-            else:
-                a = np.clip((a + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-        elif a.dtype != np.uint8:
-            raise UserError(f"cannot save array of dtype {a.dtype} as PNG: {path}")
+        a = to_uint8(image, path)
         if a.ndim == 3 and a.shape[2] == 1:
             a = a[..., 0]
         if a.ndim not in (2, 3):
