@@ -51,8 +51,9 @@ from utils.cli import ArgumentParser  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ldm.models.diffusion.samplers import SAMPLERS, BatchRNG, build_sampler  # noqa: E402
+from ldm.models.diffusion.samplers import SAMPLERS, BatchRNG  # noqa: E402
 from utils.atomic import write_text_atomic  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 
 JSON_KEYS = ("sampler", "nfe", "seconds_per_image", "overhead", "speedup_vs_ddpm1000")
 DEFAULT_SAMPLERS = "ddpm:1000,ddim:50,plms:50,aias:50,aias:10"
@@ -183,7 +184,7 @@ def build_model(config: str | Path, ckpt: str | None, device: torch.device):
     from ldm.generation import build_model as build
 
     model = build(load_model_config(config), None, names=[BENCH_NAME], device=device)
-    if not hasattr(model, "make_guidance"):
+    if not hasattr(model, "sampling_plan"):
         raise ValueError(f"--config: {config} does not build a FAST model (got {type(model).__name__})")
     if ckpt is not None:
         model.init_from_ckpt(ckpt)
@@ -256,11 +257,23 @@ def ddpm_subset(sampler, n: int):
 
 
 def run_sampler(sampler, model, inputs: dict, device: torch.device, farm, denoiser=None):
-    """One full ``sample(...)`` with the official guidance and fresh per-sample streams."""
-    guidance = model.make_guidance(inputs["mask"], inputs["z_bg"], farm=farm)  # what FAST.generate uses
-    denoiser = model.denoiser(inputs["cond"], inputs["mask"]) if denoiser is None else denoiser
+    """One full ``sample(...)`` with the model's own sampling plan (what ``generate`` runs) and fresh
+    per-sample streams."""
+    plan_denoiser, guidance = model.sampling_plan(inputs["cond"], inputs["mask"], inputs["z_bg"], farm=farm)
+    denoiser = plan_denoiser if denoiser is None else denoiser
     return sampler.sample(denoiser, inputs["shape"], rng=BatchRNG(inputs["seeds"]), guidance=guidance,
                           device=device, dtype=torch.float32)
+
+
+def single_call_denoiser(model, inputs: dict):
+    """``(x, t) -> eps`` for timing one network call: FAST's denoiser as is; STAGE's two-branch
+    denoiser on its anomaly-aware branch."""
+    import inspect
+
+    den, _ = model.sampling_plan(inputs["cond"], inputs["mask"], inputs["z_bg"])
+    if "mask" in inspect.signature(den).parameters:
+        return lambda x, t: den(x, t, mask=inputs["mask"])
+    return den
 
 
 def time_sampler(sampler, model, inputs, device, repeats: int, farm_fn) -> tuple[float, float]:
@@ -451,7 +464,7 @@ def _benchmark(a) -> list[dict]:
     model = build_model(a.config, a.ckpt, device)
     schedule = model.schedule
     inputs = make_inputs(model, a.batch_size, device, a.seed)
-    farm_fn = model.farm_fn()
+    farm_fn = model.farm_fn() if hasattr(model, "farm_fn") else None  # STAGE has no FARM
     ref_label = f"ddpm:{schedule.num_timesteps}"
     specs = list(a.sampler_list)
     if ref_label not in [s[0] for s in specs]:
@@ -460,20 +473,21 @@ def _benchmark(a) -> list[dict]:
 
     rows, extra = [], {}
     with torch.inference_mode(), autocast(device, a.bf16):
-        den = model.denoiser(inputs["cond"], inputs["mask"])
+        den = single_call_denoiser(model, inputs)
         x = torch.randn(inputs["shape"], device=device)
         tvec = torch.full((a.batch_size,), schedule.num_timesteps // 2, dtype=torch.long, device=device)
         den_before = time_calls(lambda: den(x, tvec), a.denoiser_calls, device)
-        farm_times = time_calls(lambda: farm_fn(x, inputs["mask"], tvec), a.denoiser_calls, device)
-        t_farm = statistics.median(farm_times)
-        print(f"one denoiser call (FAST denoiser: UNet + adaptor, batch {a.batch_size}): "
+        t_farm = 0.0
+        if farm_fn is not None:
+            t_farm = statistics.median(time_calls(lambda: farm_fn(x, inputs["mask"], tvec), a.denoiser_calls, device))
+        print(f"one denoiser call ({type(model).__name__} denoiser: UNet + adaptor, batch {a.batch_size}): "
               f"{statistics.median(den_before) * 1e3:.2f} ms median of {len(den_before)}; "
               f"one FARM call: {t_farm * 1e3:.2f} ms", flush=True)
 
         samplers = {}
         for label, name, steps in specs:
             try:
-                samplers[label] = build_sampler(name, schedule, steps=steps)
+                samplers[label] = model.make_sampler(name, steps)
             except ValueError as e:
                 raise ValueError(f"--samplers: {label}: {e}") from None
         ddpm_mode = a.ddpm_estimate
@@ -545,6 +559,8 @@ def _benchmark(a) -> list[dict]:
             print("bf16 autocast timing and SDPA backend probe: skipped (CPU; they are CUDA-only)")
 
         if a.profile is not None:
+            if farm_fn is None:
+                raise UserError(f"--profile: the per-part profile is for FAST models, not {type(model).__name__}")
             if a.profile not in samplers:
                 raise ValueError(f"--profile: '{a.profile}' is not one of the benchmarked samplers")
             sampler = samplers[a.profile]

@@ -6,8 +6,11 @@ the same fixed number of steps on those pairs mixed 50/50 with the category's no
 score it on real held-out anomalies (evaluation side of the per-defect split) + test/good.  Writes
 ``results.json``, ``results.md``, ``bars.png`` and contact sheets (``sheets/<category>/...``).
 
-Synthesizers: ``fast`` (pre-generated pairs from ``--fast_dir``, layout of generate_with_mask.py;
-skipped with a message if absent), ``draem``, ``cutpaste``, ``normal`` (baselines generated here).
+Synthesizers: pre-generated pairs of trained generators -- ``fast`` (``--fast_dir``), ``stage``
+(``--stage_dir``), ``grounding`` (``--grounding_dir``), or any name given as ``--generated NAME=DIR``
+(layout of generate_with_mask.py; skipped with a message if absent; refused if their generator
+trained on test images, see ``ldm/segmentation/leakage.py``) -- and ``draem``, ``cutpaste``,
+``normal`` (baselines generated here).
 With ``--layout texture_ad`` and a missing ``--dataset_root`` the embedded dataset is built first.
 """
 from __future__ import annotations
@@ -22,7 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import ArgumentParser  # noqa: E402
 from ldm.data.layouts import index_category, list_categories  # noqa: E402
 from ldm.segmentation.data import EVAL_SET_DESCRIPTION, EvaluationSet, scan_pairs  # noqa: E402
 from ldm.segmentation.leakage import check_leakage  # noqa: E402
@@ -33,12 +35,14 @@ from ldm.synthesizers.cutpaste import VARIANTS  # noqa: E402
 from ldm.synthesizers.quality import folder_quality, split_strip  # noqa: E402
 from scripts.train_segmenter import add_training_args, training_setup  # noqa: E402
 from utils.atomic import write_text_atomic  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.contact_sheet import prediction_sheet, save_rows  # noqa: E402
 from utils.errors import InputNotFound, UserError  # noqa: E402
 from utils.metrics import METRIC_KEYS, METRIC_LABELS, jsonable, mean_over  # noqa: E402
 from utils.plots import bar_chart, stack_vertical  # noqa: E402
 
-KNOWN = ("fast",) + METHODS
+GENERATED = ("fast", "stage", "grounding")  # trained generators whose pairs come pre-generated
+KNOWN = GENERATED + METHODS
 QUALITY_KEYS = ("bg_mae", "bg_psnr", "inside_diff", "ring_diff", "saliency", "diversity_image",
                 "diversity_residual", "mask_area")
 CHART_KEYS = ("iou_anomaly", "acc_anomaly", "pixel_ap")
@@ -119,9 +123,21 @@ def pairs_preview(records, path: Path, n: int = 4) -> None:
         save_rows(rows, path, headers=("generated", "mask", "original"), row_labels=labels)
 
 
+def generated_dirs(a) -> dict:
+    """NAME -> folder of pre-generated pairs, from --fast_dir/--stage_dir/--grounding_dir/--generated."""
+    dirs = {n: getattr(a, f"{n}_dir") for n in GENERATED if getattr(a, f"{n}_dir", None)}
+    for spec in a.generated or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--generated {spec!r}: expected NAME=DIR")
+        dirs[name] = path
+    return dirs
+
+
 def run(a) -> int:
     synths = [s.strip() for s in a.synthesizers.split(",") if s.strip()]
-    bad = [s for s in synths if s not in KNOWN]
+    pregenerated = generated_dirs(a)
+    bad = [s for s in synths if s not in KNOWN and s not in pregenerated]
     if bad or not synths:
         raise UserError(f"--synthesizers: unknown {', '.join(bad) or '(none given)'}; known: {', '.join(KNOWN)}")
     ensure_dataset(a)
@@ -149,24 +165,25 @@ def run(a) -> int:
                           "n_anomalous": sum(eval_set.labels)}
         for synth in synths:
             t0 = time.perf_counter()
-            if synth == "fast":
-                src = Path(a.fast_dir) / cat if a.fast_dir else None
+            if synth in GENERATED or synth in pregenerated:
+                flag = f"--{synth}_dir" if synth in GENERATED else f"--generated {synth}=DIR"
+                src = Path(pregenerated[synth]) / cat if synth in pregenerated else None
                 if src is None or not src.is_dir():
-                    why = ("no --fast_dir given" if src is None else f"{src} not found") + \
-                          " (generate FAST pairs with generate_with_mask.py and pass --fast_dir)"
-                    log(f"[{cat}] fast: skipped: {why}")
-                    skipped.setdefault("fast", {})[cat] = why
+                    why = (f"no {flag} given" if src is None else f"{src} not found") + \
+                          f" (generate {synth} pairs with generate_with_mask.py and pass {flag})"
+                    log(f"[{cat}] {synth}: skipped: {why}")
+                    skipped.setdefault(synth, {})[cat] = why
                     continue
-                leak = check_leakage(src, eval_set.items, cat, allow=a.allow_leak)
+                leak = check_leakage(src, eval_set.items, cat, allow=a.allow_leak, what=synth)
                 if leak:
-                    log(f"[{cat}] fast: {leak}")
-                    leaks.setdefault("fast", {})[cat] = leak
-                records, notes["fast"] = scan_pairs(src, cat), "pre-generated (generate_with_mask.py)"
-                pairs_root = Path(a.fast_dir)
+                    log(f"[{cat}] {synth}: {leak}")
+                    leaks.setdefault(synth, {})[cat] = leak
+                records, notes[synth] = scan_pairs(src, cat), "pre-generated (generate_with_mask.py)"
+                pairs_root = Path(pregenerated[synth])
                 if not records:
                     why = f"no pairs under {src}"
-                    log(f"[{cat}] fast: skipped: {why}")
-                    skipped.setdefault("fast", {})[cat] = why
+                    log(f"[{cat}] {synth}: skipped: {why}")
+                    skipped.setdefault(synth, {})[cat] = why
                     continue
             else:
                 # one folder per settings family, so changing --mask_source/--size never resumes stale pairs
@@ -295,6 +312,10 @@ def _main(argv=None) -> int:
     p.add_argument("--categories", default=None, help="comma-separated (default: all)")
     p.add_argument("--synthesizers", default="fast,draem,cutpaste,normal", help=f"comma-separated from {', '.join(KNOWN)}")
     p.add_argument("--fast_dir", default=None, help="pre-generated FAST pairs: <fast_dir>/<category>/<defect>/image/...")
+    p.add_argument("--stage_dir", default=None, help="pre-generated STAGE pairs (same layout)")
+    p.add_argument("--grounding_dir", default=None, help="pre-generated GroundingAnomaly pairs (same layout)")
+    p.add_argument("--generated", action="append", metavar="NAME=DIR",
+                   help="more pre-generated synthesizers (e.g. an ablation: fast_farm_off=DIR); repeatable")
     p.add_argument("--n_samples", type=int, default=500, help="baseline pairs per defect type (default 500)")
     p.add_argument("--mask_source", default="native", choices=("native", "perlin", "real", "augmented"),
                    help="native: DRAEM Perlin masks, CutPaste its own boxes; otherwise the same source for both")
@@ -304,7 +325,8 @@ def _main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--allow_leak", action="store_true",
-                   help="evaluate FAST pairs even if their generator trained on test images (marked in the table)")
+                   help="evaluate pre-generated pairs even if their generator trained on test images "
+                        "(marked in the table)")
     add_training_args(p)
     p.set_defaults(size=None)
     a = p.parse_args(argv)

@@ -22,16 +22,18 @@ def make_dataset(root: Path, defects=("scratch",), per_defect: int = 6) -> Path:
 
 
 def make_run(work: Path, data: Path, names=("brick+scratch",), defect: str = "scratch", split: str = "third",
-             steps=(5,), name_template: str | None = None) -> Path:
-    """``work/run/{configs,checkpoints}`` and ``work/backbone.ckpt``; returns the checkpoints folder."""
+             steps=(5,), name_template: str | None = None, config=fast_config) -> Path:
+    """``work/run/{configs,checkpoints}`` and ``work/backbone.ckpt``; returns the checkpoints folder.
+    ``config``: the tiny model config builder (FAST by default; ``stage_config`` for STAGE)."""
     torch.manual_seed(0)
-    cfg = fast_config(names=list(names))
+    cfg = config(names=list(names))
     model = instantiate_from_config(cfg)
     with torch.no_grad():  # a "pretrained" backbone: no zero-initialised output layers
         for p in model.model.parameters():
             if p.ndim > 1 and p.abs().sum() == 0:
                 p.normal_(0, 0.02)
-    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith(("FARM.", "fine.", "embedding_"))}
+    own = tuple(f"{attr}." for _, attr in type(model).ARTIFACT_MODULES) + ("embedding_",)
+    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith(own)}
     torch.save({"state_dict": backbone}, work / "backbone.ckpt")
     ckdir = work / "run" / "checkpoints"
     for step in steps:

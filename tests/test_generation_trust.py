@@ -252,3 +252,24 @@ def test_train_all_plans_official_init_words(tmp_path, capsys):
     lines = [ln for ln in printed.splitlines() if "bottle" in ln and "broken_large" in ln]
     assert lines and "--init_word large" in lines[0]
     assert any("--init_word contamination" in ln for ln in printed.splitlines() if "contamination" in ln)
+
+
+# ------------------------------------------------------------------ the same path for STAGE runs
+def test_stage_runs_generate_through_the_same_library_path(tmp_path):
+    from tests.tiny_configs import stage_config
+
+    data = make_dataset(tmp_path / "data")
+    ckdir = make_run(tmp_path, data, config=stage_config)
+    assert sorted(p.name for p in ckdir.glob("*-5.pt")) == ["embeddings_gs-5.pt", "fine_image-5.pt",
+                                                           "fine_mask-5.pt"]
+    with pytest.raises(UserError, match="sampler must be one of"):
+        gen.main(gen_args(data, ckdir, tmp_path / "out"))             # FAST's default sampler: refused
+    stats = gen.main(gen_args(data, ckdir, tmp_path / "out", "--sampler", "stage", "--steps", "5"))
+    assert stats["written"] == 5 and stats["nfe"] >= 5
+    root = tmp_path / "out" / "brick" / "scratch"
+    prov = json.loads((root / "provenance.json").read_text())
+    assert prov["generator"] == "STAGE" and len(prov["training_anomalies"]) == 2
+    for n in range(5):
+        strip = np.asarray(Image.open(root / "image-mask-ori" / f"{n}.png"))
+        img, mask, original = strip[:, :32], strip[:, 32:64, 0], strip[:, 64:]
+        assert np.array_equal(img[mask == 0], original[mask == 0])   # exact background (paste on)

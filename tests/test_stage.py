@@ -15,23 +15,14 @@ from ldm.models.diffusion.samplers.stage import STAGESampler, explicit_mask, sta
 from ldm.models.diffusion.schedule import NoiseSchedule
 from ldm.models.diffusion.stage import available_artifact_steps
 from ldm.util import instantiate_from_config
-from tests.tiny_configs import ldm_config
+from tests.tiny_configs import stage_config as tiny_stage_config
 
 SCH = NoiseSchedule.from_config("linear", 1000, 0.00085, 0.012)
 NAME = "tex+scratch"
 
 
 def stage_config(**overrides) -> dict:
-    cfg = ldm_config(**overrides)
-    cfg["target"] = "ldm.models.diffusion.stage.STAGE"
-    cfg["base_learning_rate"] = 2e-3
-    cfg["params"].update({
-        "adaptor_widths": [8, 16, 8],
-        "personalization_config": {"target": "ldm.modules.embedding_manager.EmbeddingManager",
-                                   "params": {"placeholder_strings": ["*"], "initializer_words": ["anomaly"],
-                                              "num_vectors_per_token": 2, "names": [NAME]}},
-    })
-    return cfg
+    return tiny_stage_config(names=[NAME], **overrides)
 
 
 @pytest.fixture()

@@ -46,5 +46,18 @@ def fast_config(names=("tex+scratch",), adaptor="replace", **overrides) -> dict:
     return cfg
 
 
+def stage_config(names=("tex+scratch",), **overrides) -> dict:
+    cfg = ldm_config(**overrides)
+    cfg["target"] = "ldm.models.diffusion.stage.STAGE"
+    cfg["base_learning_rate"] = 2e-3
+    cfg["params"].update({
+        "adaptor_widths": [8, 16, 8],
+        "personalization_config": {"target": "ldm.modules.embedding_manager.EmbeddingManager",
+                                   "params": {"placeholder_strings": ["*"], "initializer_words": ["anomaly"],
+                                              "num_vectors_per_token": 2, "names": list(names)}},
+    })
+    return cfg
+
+
 def as_omegaconf(cfg: dict):
     return OmegaConf.create(cfg)

@@ -167,6 +167,17 @@ class STAGE(ArtifactsMixin, LatentDiffusion):
         opts.setdefault("shrink_end", self.shrink_end)
         return STAGESampler(self.schedule, steps=steps, **opts)
 
+    def sampling_plan(self, cond, latent_mask: torch.Tensor, z_bg: torch.Tensor, **fast_only):
+        """``(denoiser, guidance)`` for ``sampler.sample``: the two-branch denoiser, and a guidance that
+        only carries M and z_bg (STAGE's sampler applies its own mask alignment). FAST's keys
+        (``farm``, ``farm_mode``, ``writeback``) are accepted and ignored, so callers stay generic."""
+        from ldm.models.diffusion.samplers.guidance import MaskGuidance
+
+        unknown = sorted(set(fast_only) - set(FAST_ONLY_GUIDANCE) - {"farm"})
+        if unknown:
+            raise UserError(f"STAGE: unknown guidance options {unknown}")
+        return self.branch_denoiser(cond), MaskGuidance(latent_mask, z_bg=z_bg, writeback="off")
+
     @torch.no_grad()
     def generate(self, images: torch.Tensor, masks: torch.Tensor, captions: list[str], names: list[str] | None,
                  sampler, rng, guidance_kw: dict | None = None, t_start: int | None = None) -> torch.Tensor:
@@ -176,7 +187,7 @@ class STAGE(ArtifactsMixin, LatentDiffusion):
         model's ``paste``, on): copy the normal image's pixels outside the mask exactly. Official STAGE
         does not paste. FAST's ``farm_mode`` / ``writeback`` are accepted and ignored.
         """
-        from ldm.models.diffusion.samplers.guidance import MaskGuidance, paste
+        from ldm.models.diffusion.samplers.guidance import paste
 
         if not isinstance(sampler, STAGESampler):
             raise TypeError(f"STAGE.generate needs a STAGESampler (model.make_sampler('stage', steps)), "
@@ -195,8 +206,8 @@ class STAGE(ArtifactsMixin, LatentDiffusion):
         m = latent_mask(masks, z_bg.shape[-2:], self.mask_threshold)
         cond = {"caption": list(captions), "name": list(names)} if names is not None else list(captions)
         c = self.get_learned_conditioning(cond)
-        guidance = MaskGuidance(m, z_bg=z_bg, writeback="off")  # carries M and z_bg; STAGE's own hooks
-        z = sampler.sample(self.branch_denoiser(c), tuple(z_bg.shape), rng=rng, guidance=guidance,
+        denoiser, guidance = self.sampling_plan(c, m, z_bg)
+        z = sampler.sample(denoiser, tuple(z_bg.shape), rng=rng, guidance=guidance,
                            device=z_bg.device, dtype=z_bg.dtype)
         decoded = self.decode_first_stage(z).clamp(-1.0, 1.0)
         return paste(decoded, images, masks) if do_paste else decoded
