@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from utils.cli import ArgumentParser  # noqa: E402
+
 SAMPLERS = ("aias", "ddpm", "ddim", "plms", "stage")
 
 
@@ -60,6 +61,17 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask_source", choices=("real", "augmented", "perlin"), default="real")
     p.add_argument("--layout", default=None, help="dataset layout of --data_root / --mask_path (default: the run's)")
     p.add_argument("--prompt", default="Anomaly *", help="caption; '*' is replaced by the learned embeddings")
+    p.add_argument("--foreground", choices=("auto", "on", "off"), default="auto",
+                   help="keep masks on the object (moved or redrawn otherwise); auto: object categories only")
+    p.add_argument("--fg_dir", default=None, help="a foreground mask per normal image (same file name); default Otsu")
+    p.add_argument("--fg_min_share", type=float, default=0.9, help="share of a mask that must lie on the object")
+    p.add_argument("--native", action="store_true",
+                   help="keep normal images at their own size (any, non-square): generate in a window around the "
+                        "mask at the model's size and paste it back; pixels outside the mask stay bit-identical")
+    p.add_argument("--native_margin", type=float, default=0.5, help="window = mask box × (1 + margin), at least "
+                                                                     "the model size")
+    p.add_argument("--pairs_csv", default=None,
+                   help="CSV with columns normal_image, mask[, defect]: which mask goes on which image")
     p.add_argument("--n_samples", type=int, default=500)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -78,7 +90,9 @@ def options(argv=None):
         outdir=a.outdir, weight_idx=a.weight_idx, mask_path=a.mask_path, mask_source=a.mask_source,
         mask_split=a.mask_split, layout=a.layout, init_word=a.init_word, config=a.config, ckpt=a.ckpt,
         sampler=a.sampler, steps=a.steps, kernel=a.kernel, refine_steps=a.refine_steps, eta=a.eta,
-        farm_mode=a.farm_mode, writeback=a.writeback, t_start=a.t_start, prompt=a.prompt, n_samples=a.n_samples,
+        farm_mode=a.farm_mode, writeback=a.writeback, t_start=a.t_start, prompt=a.prompt, foreground=a.foreground,
+        fg_dir=a.fg_dir, fg_min_share=a.fg_min_share, native=a.native, native_margin=a.native_margin,
+        pairs_csv=a.pairs_csv, n_samples=a.n_samples,
         batch_size=a.batch_size, seed=a.seed, device=a.device, progress=not a.no_progress,
         rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
 

@@ -56,6 +56,12 @@ class GenerationOptions:
     writeback: str = "window"
     t_start: Optional[int] = None
     prompt: str = "Anomaly *"
+    foreground: str = "auto"                # keep masks on the object: auto (object categories), on, off
+    fg_dir: Optional[str] = None            # a foreground mask per normal image (default: Otsu)
+    fg_min_share: float = 0.9
+    native: bool = False                    # full-size images; the model works in a window around the mask
+    native_margin: float = 0.5
+    pairs_csv: Optional[str] = None         # explicit (normal image, mask[, defect]) rows
     n_samples: int = 500
     batch_size: int = 8
     seed: int = 0
@@ -281,6 +287,76 @@ def mask_source(kind: str, mask_path, size, seed: int, layout: str, split: str, 
     return cls(paths=mask_path, size=size, seed=seed)
 
 
+def use_foreground(opt: GenerationOptions, layout: str) -> bool:
+    """Whether masks must stay on the object: ``auto`` = object categories (MVTec objects, VisA, BTAD)."""
+    from ldm.data.placement import is_object_category
+
+    if opt.foreground not in ("auto", "on", "off"):
+        raise UserError(f"--foreground must be auto, on or off, got {opt.foreground!r}")
+    if opt.pairs_csv:
+        return False  # the user chose every placement
+    return opt.foreground == "on" or (opt.foreground == "auto" and is_object_category(layout, opt.sample_name))
+
+
+def generation_inputs(opt: GenerationOptions, size: int, seed: int, layout: str, split: str):
+    """(inputs, mask source or None): explicit pairs, or seeded random pairing with optional placement."""
+    from ldm.data.generation import ExplicitPairs, GenerationInputs
+    from ldm.data.placement import ForegroundPlacement
+
+    if opt.pairs_csv:
+        inputs = ExplicitPairs(opt.pairs_csv, size=size, defect=opt.anomaly_name, native=opt.native)
+        if opt.n_samples > len(inputs):
+            raise UserError(f"--n_samples {opt.n_samples} exceeds the {len(inputs)} rows of --pairs_csv")
+        return inputs, None
+    # native: real masks at their file's resolution (resized to each normal image), not the model's
+    mask_size = None if opt.native and opt.mask_source != "perlin" else size
+    masks = mask_source(opt.mask_source, opt.mask_path, mask_size, seed, layout, split, opt.sample_name,
+                        opt.anomaly_name)
+    placement = ForegroundPlacement(opt.fg_min_share, opt.fg_dir) if use_foreground(opt, layout) else None
+    inputs = GenerationInputs(normal_images(opt.data_root, opt.sample_name, layout), masks, size=size, seed=seed,
+                              length=opt.n_samples, placement=placement, native=opt.native)
+    return inputs, masks
+
+
+def to_model_size(item: dict, size: int, margin: float) -> tuple[dict, tuple | None]:
+    """For native items: crop a window around the mask and resize it to the model size; returns the
+    model-size item and the window (None when the item already has the model size)."""
+    import numpy as np
+    from PIL import Image
+
+    from ldm.data.io import resize_mask, to_uint8
+    from ldm.data.placement import window_around
+
+    if item["image"].shape[:2] == (size, size) and not item.get("native"):
+        return item, None
+    top, left, h, w = window_around(item["mask"], size, margin)
+    crop = to_uint8(item["image"][top:top + h, left:left + w])
+    img = np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC), np.float32) / 127.5 - 1.0
+    mask = resize_mask(item["mask"][top:top + h, left:left + w], (size, size))
+    if not mask.any():  # a mask thinner than a model pixel after the resize: keep its strongest pixel
+        small = np.asarray(Image.fromarray(item["mask"][top:top + h, left:left + w].astype(np.float32))
+                           .resize((size, size), Image.BOX))
+        mask = (small == small.max()).astype(np.float32)
+    return dict(item, image=img, mask=mask), (top, left, h, w)
+
+
+def paste_window(full: "np.ndarray", generated: "np.ndarray", mask: "np.ndarray", window) -> "np.ndarray":
+    """Put the generated window back into the full image, inside the full-size mask only: every pixel
+    outside the mask stays the normal image's, bit for bit."""
+    import numpy as np
+    from PIL import Image
+
+    from ldm.data.io import to_uint8
+
+    top, left, h, w = window
+    up = np.asarray(Image.fromarray(to_uint8(generated)).resize((w, h), Image.BICUBIC), np.float32) / 127.5 - 1.0
+    out = np.array(full, dtype=np.float32, copy=True)
+    region = out[top:top + h, left:left + w]
+    m = np.asarray(mask[top:top + h, left:left + w]) > 0.5
+    region[m] = up[m]
+    return out
+
+
 # ------------------------------------------------------------------------------------------ provenance
 def training_anomalies(run: TrainedRun) -> tuple[Optional[list[dict]], Optional[str]]:
     """The exact (image, mask) files the run trained on, from its saved data config; (None, why)
@@ -349,7 +425,11 @@ def pixel_settings(run: TrainedRun, opt: GenerationOptions, split: str, layout: 
             "eta": opt.eta, "farm_mode": opt.farm_mode, "writeback": opt.writeback, "t_start": opt.t_start,
             "mask_source": opt.mask_source, "mask_split": split, "mask_path": resolve(opt.mask_path),
             "data_root": resolve(opt.data_root), "layout": layout, "prompt": opt.prompt, "seed": opt.seed,
-            "size": size, "init_word": opt.init_word, "extra": dict(opt.extra)}
+            "size": size, "init_word": opt.init_word, "extra": dict(opt.extra),
+            "foreground": use_foreground(opt, layout), "fg_dir": resolve(opt.fg_dir),
+            "fg_min_share": opt.fg_min_share if use_foreground(opt, layout) else None,
+            "native": opt.native, "native_margin": opt.native_margin if opt.native else None,
+            "pairs_csv": file_fingerprint(opt.pairs_csv) if opt.pairs_csv else None}
 
 
 def make_sampler(run: TrainedRun, opt: GenerationOptions):
@@ -395,6 +475,12 @@ def validate(opt: GenerationOptions) -> None:
         raise UserError(f"--steps must be >= 1, got {opt.steps}")
     if opt.seed < 0:
         raise UserError(f"--seed must be >= 0, got {opt.seed}")
+    if not 0.0 < opt.fg_min_share <= 1.0:
+        raise UserError(f"--fg_min_share must lie in (0, 1], got {opt.fg_min_share}")
+    if opt.native_margin < 0:
+        raise UserError(f"--native_margin must be >= 0, got {opt.native_margin}")
+    if opt.pairs_csv and opt.mask_source != "real":
+        raise UserError("--pairs_csv chooses every mask itself: it cannot be combined with --mask_source")
     out = Path(opt.outdir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--outdir {out} exists and is not a folder")
@@ -409,7 +495,6 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
     import torch
     from tqdm.auto import tqdm
 
-    from ldm.data.generation import GenerationInputs
     from ldm.models.diffusion.fast import rescued_latent_masks
     from ldm.models.diffusion.samplers.rng import BatchRNG
     from ldm.pairs import PairWriter, check_manifest, derive_seed, pair_seed, write_provenance
@@ -424,10 +509,7 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
     layout = opt.layout or run.layout
     size = run.size
     seed = derive_seed(opt.seed, opt.sample_name, opt.anomaly_name)
-    masks = mask_source(opt.mask_source, opt.mask_path, size, seed, layout, split, opt.sample_name,
-                        opt.anomaly_name)
-    inputs = GenerationInputs(normal_images(opt.data_root, opt.sample_name, layout), masks, size=size, seed=seed,
-                              length=opt.n_samples)
+    inputs, masks = generation_inputs(opt, size, seed, layout, split)
     writer = PairWriter(opt.outdir, opt.sample_name, opt.anomaly_name)
     sampler = make_sampler(run, opt)
     if opt.rank == 0:
@@ -440,27 +522,35 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
     log(f"[generate] {run.name}: step {run.step}, {opt.sampler} ({sampler.nfe} network calls per image), "
         f"{len(todo)} of {len(mine)} pairs to write on {device} (rank {opt.rank}/{opt.world_size})")
     kept_alive = 0
+    placements: dict = {}
     bar = tqdm(total=len(todo), desc=f"generate {run.name}", disable=not opt.progress, file=sys.stderr)
     for start in range(0, len(todo), opt.batch_size):
         chunk = todo[start:start + opt.batch_size]
         items = [inputs[n] for n in chunk]
-        images = torch.from_numpy(np.stack([it["image"] for it in items])).permute(0, 3, 1, 2)
-        pix = torch.from_numpy(np.stack([it["mask"] for it in items]))[:, None]
+        scaled = [to_model_size(it, size, opt.native_margin) for it in items]
+        images = torch.from_numpy(np.stack([it["image"] for it, _ in scaled])).permute(0, 3, 1, 2)
+        pix = torch.from_numpy(np.stack([it["mask"] for it, _ in scaled]))[:, None]
         kept_alive += rescued_latent_masks(pix, (latent, latent), getattr(model, "mask_threshold", 0.5))
         rng = BatchRNG([pair_seed(opt.seed, opt.sample_name, opt.anomaly_name, n) for n in chunk])
         with torch.inference_mode():
             out = model.generate(images, pix, [opt.prompt] * len(chunk), [run.name] * len(chunk), sampler, rng,
                                  guidance_kw=guidance_kw, t_start=opt.t_start)
         out = out.permute(0, 2, 3, 1).float().cpu().numpy()
-        for n, item, img in zip(chunk, items, out):
+        for n, item, (_, window), img in zip(chunk, items, scaled, out):
+            if window is not None:
+                img = paste_window(item["image"], img, item["mask"], window)
+            placements[item["placement"]] = placements.get(item["placement"], 0) + 1
             writer.write(n, img, item["mask"], item["image"],
                          meta={"normal_image": item["normal_path"], "mask_origin": item["mask_origin"],
-                               "seed": pair_seed(opt.seed, opt.sample_name, opt.anomaly_name, n)})
+                               "seed": pair_seed(opt.seed, opt.sample_name, opt.anomaly_name, n),
+                               "placement": item["placement"], "window": list(window) if window else None})
         bar.update(len(chunk))
     bar.close()
     if kept_alive:
         log(f"[generate] warning: {kept_alive} of {len(todo)} masks were thinner than one latent cell "
             f"({latent}×{latent} latent); each kept its strongest cell so the pair still carries a defect")
+    if set(placements) - {"off", "explicit"}:
+        log("[generate] masks on the foreground: " + ", ".join(f"{k} {v}" for k, v in sorted(placements.items())))
     sheet = None
     if opt.rank == 0:
         writer.write_index(opt.n_samples)
@@ -468,7 +558,7 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
     log(f"[generate] done: {writer.root}" + (f" (contact sheet {sheet})" if sheet else ""))
     return {"out": str(writer.root), "written": len(todo), "skipped": len(mine) - len(todo), "step": run.step,
             "nfe": sampler.nfe, "seconds": time.perf_counter() - t0, "kept_alive": kept_alive,
-            "sampler": opt.sampler}
+            "sampler": opt.sampler, "placements": placements}
 
 
 def write_contact_sheet(writer, n_samples: int, count: int = 16):

@@ -18,7 +18,7 @@ from ldm.data.layouts import index_category
 from ldm.data.masks import MaskSource
 from utils.errors import InputNotFound, UserError
 
-__all__ = ["GenerationInputs", "normal_images_for"]
+__all__ = ["ExplicitPairs", "GenerationInputs", "normal_images_for"]
 
 
 def normal_images_for(layout: str, root, category: str, **layout_params: Any) -> list[Path]:
@@ -29,10 +29,14 @@ def normal_images_for(layout: str, root, category: str, **layout_params: Any) ->
 class GenerationInputs(Dataset):
     """``normal_images``: a folder or a list of files. ``mask_source``: a ``MaskSource`` or its config
     node (``target``/``params``; it gets this seed unless it sets its own). ``length``: how many
-    pairs (FAST writes 500 per run)."""
+    pairs (FAST writes 500 per run). ``placement``: a ``ForegroundPlacement`` that keeps masks on the
+    object (moving or redrawing them). ``native``: images at their file's size, masks resized to it
+    (the generator then works in a window around the mask)."""
+
+    max_redraws = 20
 
     def __init__(self, normal_images: Union[str, os.PathLike, Sequence], mask_source: Union[MaskSource, Mapping],
-                 size=256, seed: int = 0, length: int = 500):
+                 size=256, seed: int = 0, length: int = 500, placement=None, native: bool = False):
         if isinstance(normal_images, (str, os.PathLike)):
             folder = Path(normal_images)
             self.normal_images = list_image_files(folder)
@@ -58,6 +62,8 @@ class GenerationInputs(Dataset):
         self.mask_source = mask_source
         self.size = parse_size(size)
         self.seed = int(seed)
+        self.placement = placement
+        self.native = bool(native)
         self.length = int(length)
 
     def __len__(self) -> int:
@@ -70,14 +76,84 @@ class GenerationInputs(Dataset):
         rng = np.random.default_rng([self.seed, int(n)])
         return self.normal_images[int(rng.integers(len(self.normal_images)))]
 
+    def _draw(self, index: int, shape) -> tuple[np.ndarray, str]:
+        if hasattr(self.mask_source, "draw_with_info"):
+            mask, origin = self.mask_source.draw_with_info(index)
+        else:
+            mask, origin = self.mask_source.draw(index), type(self.mask_source).__name__
+        mask = np.asarray(mask, dtype=np.float32)
+        if mask.shape != tuple(shape):
+            mask = resize_mask(mask, shape)
+        return mask, origin
+
     def __getitem__(self, n: int) -> dict:
         path = self.normal_path(n)
-        image = load_image(path, self.size)
-        if hasattr(self.mask_source, "draw_with_info"):
-            mask, origin = self.mask_source.draw_with_info(n)
-        else:
-            mask, origin = self.mask_source.draw(n), type(self.mask_source).__name__
-        mask = np.asarray(mask, dtype=np.float32)
-        if mask.shape != image.shape[:2]:
-            mask = resize_mask(mask, image.shape[:2])
-        return {"image": image, "mask": mask, "normal_path": str(path), "mask_origin": origin, "index": int(n)}
+        image = load_image(path, None if self.native else self.size)
+        mask, origin = self._draw(n, image.shape[:2])
+        placed = "off"
+        if self.placement is not None:
+            for k in range(self.max_redraws):
+                if k:  # another mask, from an index range no other pair uses
+                    mask, origin = self._draw(self.length + n * self.max_redraws + k, image.shape[:2])
+                rng = np.random.default_rng([self.seed, 2000, int(n), k])
+                mask, placed = self.placement.place(mask, image, path, rng)
+                if placed != "rejected":
+                    placed = placed if k == 0 else f"redrawn ({placed})"
+                    break
+            else:
+                raise UserError(f"no mask stays on the foreground of {path} after {self.max_redraws} draws "
+                                f"(--fg_min_share {self.placement.min_share}); lower it or pass --fg_dir")
+        return {"image": image, "mask": mask, "normal_path": str(path), "mask_origin": origin, "index": int(n),
+                "placement": placed}
+
+
+class ExplicitPairs(Dataset):
+    """Pairs chosen by the user: a CSV with columns ``normal_image``, ``mask`` and optionally ``defect``
+    (rows of other defect types are skipped). Item n is row n of the kept rows; paths are relative to
+    the CSV's folder unless absolute."""
+
+    def __init__(self, csv_path, size=256, defect: str | None = None, native: bool = False):
+        import csv
+
+        path = Path(csv_path)
+        if not path.is_file():
+            raise InputNotFound(f"--pairs_csv not found: {path}")
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            missing = [c for c in ("normal_image", "mask") if c not in cols]
+            if missing:
+                raise UserError(f"{path}: missing column(s) {', '.join(missing)} (need normal_image, mask[, defect])")
+            rows = [r for r in reader if not (defect and (r.get("defect") or "").strip() not in ("", defect))]
+        if not rows:
+            raise UserError(f"{path}: no rows" + (f" for defect '{defect}'" if defect else ""))
+        self.rows = []
+        for i, r in enumerate(rows):
+            pair = []
+            for key in ("normal_image", "mask"):
+                p = Path(r[key].strip()).expanduser()
+                p = p if p.is_absolute() else path.parent / p
+                if not p.is_file():
+                    raise InputNotFound(f"{path}, row {i + 1}: {key} not found: {p}")
+                pair.append(p)
+            self.rows.append(tuple(pair))
+        self.size = parse_size(size)
+        self.native = bool(native)
+        self.length = len(self.rows)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def normal_path(self, n: int) -> Path:
+        return self.rows[int(n)][0]
+
+    def __getitem__(self, n: int) -> dict:
+        from ldm.data.io import load_mask
+
+        image_path, mask_path = self.rows[int(n)]
+        image = load_image(image_path, None if self.native else self.size)
+        mask = load_mask(mask_path, image.shape[:2]).astype(np.float32)
+        if not mask.any():
+            raise UserError(f"--pairs_csv row {n + 1}: empty mask {mask_path}")
+        return {"image": image, "mask": mask, "normal_path": str(image_path), "mask_origin": str(mask_path),
+                "index": int(n), "placement": "explicit"}
