@@ -340,7 +340,7 @@ def to_model_size(item: dict, size: int, margin: float) -> tuple[dict, tuple | N
     return dict(item, image=img, mask=mask), (top, left, h, w)
 
 
-def paste_window(full: "np.ndarray", generated: "np.ndarray", mask: "np.ndarray", window) -> "np.ndarray":
+def paste_window(full, generated, mask, window):
     """Put the generated window back into the full image, inside the full-size mask only: every pixel
     outside the mask stays the normal image's, bit for bit."""
     import numpy as np
