@@ -209,3 +209,29 @@ def test_token_mismatch_rejected(embedder, tmp_path):
     em = EmbeddingManager(embedder, names=["a+b"], num_vectors_per_token=4)
     with pytest.raises(ValueError, match="1008"):
         em.load(path)
+
+
+def test_safetensors_export_round_trips_and_is_preferred(tmp_path):
+    """Artifacts are written as .pt and .safetensors; loading prefers .safetensors with equal tensors."""
+    import torch
+
+    from ldm.util import instantiate_from_config
+    from tests.tiny_configs import fast_config
+    from utils.tensor_files import load_safetensors
+
+    torch.manual_seed(0)
+    m = instantiate_from_config(fast_config(names=["a+b"]))
+    written = {p.name for p in m.export_artifacts(tmp_path, 3)}
+    for stem in ("embeddings_gs-3", "embeddings", "FARM-3", "fine-3"):
+        assert {f"{stem}.pt", f"{stem}.safetensors"} <= written, stem
+    tensors, _ = load_safetensors(tmp_path / "FARM-3.safetensors")
+    for k, v in m.FARM.state_dict().items():
+        assert torch.equal(tensors[k], v)
+    fresh = instantiate_from_config(fast_config(names=["a+b"]))
+    (tmp_path / "FARM-3.pt").unlink()                       # only the safetensors copy is left
+    (tmp_path / "embeddings_gs-3.pt").write_bytes(b"")      # a broken .pt must not even be read
+    fresh.load_artifacts(tmp_path, 3)
+    for k, v in m.FARM.state_dict().items():
+        assert torch.equal(fresh.FARM.state_dict()[k], v), k
+    for k in m.embedding_manager.string_to_param_dict:
+        assert torch.equal(fresh.embedding_manager.string_to_param_dict[k], m.embedding_manager.string_to_param_dict[k])

@@ -164,9 +164,15 @@ def test_exported_artifacts_reload_with_identical_outputs(fast_model, tmp_path):
     opt.step()
     m.eval()
     paths = m.export_artifacts(tmp_path, 7)
-    assert sorted(p.name for p in paths) == ["FARM-7.pt", "embeddings.pt", "embeddings_gs-7.pt", "fine-7.pt"]
-    for p in paths:  # plain tensors: loadable with weights_only=True
-        torch.load(p, weights_only=True)
+    assert sorted(p.name for p in paths) == sorted(f"{s}.{ext}" for s in ("FARM-7", "embeddings", "embeddings_gs-7",
+                                                                      "fine-7") for ext in ("pt", "safetensors"))
+    for p in paths:  # plain tensors: loadable with weights_only=True, or without pickle at all
+        if p.suffix == ".pt":
+            torch.load(p, weights_only=True)
+        else:
+            from utils.tensor_files import load_safetensors
+
+            assert load_safetensors(p)[0]
     assert available_artifact_steps(tmp_path) == [7]
     backbone = {k: v for k, v in m.state_dict().items() if not k.startswith(("FARM.", "fine.", "embedding_manager."))}
     torch.save({"state_dict": backbone}, tmp_path / "backbone.ckpt")  # what --actual_resume points to

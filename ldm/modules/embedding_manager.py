@@ -20,6 +20,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from utils.errors import UserError
+
 __all__ = ["EmbeddingManager", "PROGRESSIVE_SCALE"]
 
 PROGRESSIVE_SCALE = 2000  # TI: with progressive_words, one more vector every 2000 forward calls
@@ -229,13 +231,32 @@ class EmbeddingManager(nn.Module):
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+    def save_safetensors(self, path: str | os.PathLike) -> Path:
+        """The same content as ``save`` in safetensors: ``string_to_token/<placeholder>`` and
+        ``string_to_param/<name>`` tensors."""
+        from utils.tensor_files import save_safetensors
+
+        tensors = {f"string_to_token/{k}": torch.as_tensor(v).reshape(-1) for k, v in self.string_to_token_dict.items()}
+        tensors.update({f"string_to_param/{k}": p for k, p in self.string_to_param_dict.items()})
+        return save_safetensors(tensors, path, metadata={"format": "fast-embeddings"})
+
     @staticmethod
     def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``(string_to_token, string_to_param)`` as plain CPU tensors, from our or the upstream format.
 
         The upstream (TI/AnomalyDiffusion/FAST) files pickle an ``nn.ParameterDict``; only that class
         and ``nn.Parameter`` are allowed on top of the tensor-only loader, never arbitrary pickles.
+        ``.safetensors`` files (``save_safetensors``) need no unpickling at all.
         """
+        if str(path).endswith(".safetensors"):
+            from utils.tensor_files import load_safetensors
+
+            tensors, _ = load_safetensors(path)
+            tokens = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("string_to_token/")}
+            params = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("string_to_param/")}
+            if not params:
+                raise UserError(f"{path}: no string_to_param/* tensors (not an embeddings file)")
+            return {k: v.reshape(()) if v.numel() == 1 else v for k, v in tokens.items()}, params
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:

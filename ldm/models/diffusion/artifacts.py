@@ -14,15 +14,16 @@ import re
 from pathlib import Path
 
 from utils.atomic import torch_save_atomic
+from utils.tensor_files import preferred, save_safetensors
 from utils.errors import InputNotFound, UserError
 
 
 def available_steps(dirpath: str | os.PathLike, prefix: str) -> list[int]:
-    """Sorted steps N for which ``<prefix>-N.pt`` exists in ``dirpath`` (empty if it is not a folder)."""
+    """Sorted steps N for which ``<prefix>-N.pt`` or ``.safetensors`` exists in ``dirpath`` (empty if it is not a folder)."""
     d = Path(dirpath)
     if not d.is_dir():
         return []
-    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)\.pt$")
+    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)\.(pt|safetensors)$")
     return sorted({int(m.group(1)) for p in d.iterdir() if (m := pattern.match(p.name))})
 
 
@@ -52,6 +53,7 @@ class ArtifactsMixin:
             path = d / f"{prefix}-{step}.pt"
             torch_save_atomic({k: v.detach().cpu() for k, v in module.state_dict().items()}, path)
             written.append(path)
+            written.append(save_safetensors(module.state_dict(), path.with_suffix(".safetensors")))
         return written
 
     def load_artifacts(self, dirpath: str | os.PathLike, step: int) -> None:
@@ -65,9 +67,9 @@ class ArtifactsMixin:
             raise UserError(f"--weight_idx {step}: no artifacts for that step in {d}; available: "
                             f"{steps or 'none'}")
         if self.embedding_manager is not None:
-            self.embedding_manager.load(d / f"embeddings_gs-{step}.pt")
+            self.embedding_manager.load(preferred(d / f"embeddings_gs-{step}.pt"))
         for prefix, attr, module in self._artifact_modules():
-            path = d / f"{prefix}-{step}.pt"
+            path = preferred(d / f"{prefix}-{step}.pt")
             if not path.is_file():
                 raise InputNotFound(f"{path} is missing but this {type(self).__name__} config has "
                                     f"a '{attr}' module")

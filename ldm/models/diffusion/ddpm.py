@@ -553,6 +553,7 @@ class LatentDiffusion(DDPM):
                 with atomic_path(d / name) as tmp:
                     self.embedding_manager.save(tmp)
                 written.append(d / name)
+                written.append(self.embedding_manager.save_safetensors(d / name.replace(".pt", ".safetensors")))
         return written
 
     def trainable_parameters(self) -> list[nn.Parameter]:
