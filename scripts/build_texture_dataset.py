@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.cli import ArgumentParser  # noqa: E402
-from ldm.data.texture_ad import DEFECTS, TEXTURES, build_texture_ad  # noqa: E402
+from ldm.data.texture_ad import DEFECT_RENDERERS, FAMILIES, TEXTURES, build_texture_ad  # noqa: E402
 
 EPILOG = """\
 Source images: scikit-image's bundled brick (CC0Textures "Bricks25"), grass ("Grass-01") and
@@ -32,12 +32,16 @@ def _main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--textures", nargs="+", default=list(TEXTURES), choices=list(TEXTURES),
                    help="textures to include (default: all)")
-    p.add_argument("--defects", nargs="+", default=list(DEFECTS), choices=list(DEFECTS),
-                   help="defect types to include (default: all)")
+    p.add_argument("--family", choices=list(FAMILIES), default="texture-ad",
+                   help="defect family: texture-ad (scratch, stain, crack, hole) or wild (fissure, blotch, "
+                        "pitting, abrasion: other rendering code, same normal images)")
+    p.add_argument("--defects", nargs="+", default=None, choices=list(DEFECT_RENDERERS),
+                   help="defect types to include (default: all of --family)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out built differently")
     a = p.parse_args(argv)
     build_texture_ad(a.out, size=a.size, train_good=a.train_good, test_good=a.test_good,
-                     per_defect=a.per_defect, seed=a.seed, textures=a.textures, defects=a.defects,
+                     per_defect=a.per_defect, seed=a.seed, textures=a.textures,
+                     defects=a.defects or list(FAMILIES[a.family]),
                      force=a.force, verbose=True)
     return 0
 

@@ -118,3 +118,30 @@ def test_script_help_and_run(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "s"), "--seed", "3"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--force" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("defect", ["fissure", "blotch", "pitting", "abrasion"])
+def test_wild_family_changes_pixels_only_inside_its_exact_mask(defect):
+    """The second defect family (other rendering code): visible, and never outside the mask."""
+    import numpy as np
+
+    from ldm.data.texture_ad import render_defect
+
+    rng = np.random.default_rng(7)
+    base = rng.integers(60, 200, (64, 64, 3), dtype=np.uint8)
+    for i in range(5):
+        out, mask = render_defect(defect, base, np.random.default_rng([i]))
+        assert out.shape == base.shape and out.dtype == np.uint8 and mask.dtype == bool and mask.any()
+        assert np.array_equal(out[~mask], base[~mask])
+        assert np.abs(out[mask].astype(int) - base[mask].astype(int)).mean() > 5  # a visible change
+        again, mask2 = render_defect(defect, base, np.random.default_rng([i]))
+        assert np.array_equal(again, out) and np.array_equal(mask2, mask)   # deterministic
+
+
+def test_build_script_family_flag(tmp_path):
+    from scripts.build_texture_dataset import main
+
+    assert main(["--out", str(tmp_path / "w"), "--family", "wild", "--textures", "brick", "--size", "32",
+                 "--train-good", "1", "--test-good", "1", "--per-defect", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "w" / "brick" / "ground_truth").iterdir()) == \
+        ["abrasion", "blotch", "fissure", "pitting"]

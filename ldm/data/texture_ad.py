@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ldm.data.defects_wild import WILD_RENDERERS
 from ldm.data.masks import perlin_noise
 from utils.errors import UserError
 
@@ -223,6 +224,10 @@ DEFECT_RENDERERS: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[np
     "hole": render_hole,
 }
 DEFECTS = tuple(DEFECT_RENDERERS)
+# Defect families: texture-AD's own (the default) and "wild" (ldm/data/defects_wild.py: other rendering
+# code, used to check that a recipe is not tuned to one renderer). Same normal images for both.
+FAMILIES = {"texture-ad": DEFECTS, "wild": tuple(WILD_RENDERERS)}
+DEFECT_RENDERERS.update(WILD_RENDERERS)
 
 
 def render_defect(name: str, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
