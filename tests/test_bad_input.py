@@ -7,6 +7,7 @@ cases also run as real processes to show the same behaviour from a shell.
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -150,17 +151,28 @@ def _other_arch_ckpt(w: World) -> Path:
 
 
 def _disk_full(w: World, mp):
-    """The third PNG written fails with ENOSPC, as on a full disk."""
-    real = Image.Image.save
+    """The third file written to disk fails with ENOSPC, as on a full disk (PNG saves and raw writes)."""
+    from pathlib import Path as _Path
+
+    real_save, real_write = Image.Image.save, _Path.write_bytes
     calls = {"n": 0}
 
-    def save(self, fp, *args, **kwargs):
+    def full(path):
         calls["n"] += 1
         if calls["n"] > 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(fp))
-        return real(self, fp, *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    def save(self, fp, *args, **kwargs):
+        if isinstance(fp, (str, _Path)):
+            full(fp)
+        return real_save(self, fp, *args, **kwargs)
+
+    def write_bytes(self, data):
+        full(self)
+        return real_write(self, data)
 
     mp.setattr(Image.Image, "save", save)
+    mp.setattr(_Path, "write_bytes", write_bytes)
 
 
 def _read_only(w: World, mp):
@@ -301,6 +313,10 @@ def test_bad_input_is_refused_in_one_line(case, world, capsys, monkeypatch):
     assert case.expect.lower() in errors[0].lower(), errors[0]
     leftover = _files(case.no_output(world))
     assert not leftover, f"partial output left behind: {leftover[:3]}"
+    report = os.environ.get("FAST_BAD_INPUT_REPORT")  # the table with what each case prints, for docs
+    if report:
+        with open(report, "a") as f:
+            f.write(f"| {case.name} | `{errors[0].replace(str(world.tmp), '<tmp>')}` |\n")
 
 
 def test_disk_full_during_generation_leaves_only_complete_pairs(world, capsys, monkeypatch):
