@@ -81,7 +81,15 @@ class CrossAttention(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-norm self-attention, cross-attention and GEGLU MLP, each with a residual."""
+    """Pre-norm self-attention, cross-attention and GEGLU MLP, each with a residual.
+
+    ``between_attention`` (default None) is an optional plain callable ``fn(x, context) -> (x, context)``
+    run between the self- and the cross-attention (GroundingAnomaly's gated self-attention,
+    ``ldm.modules.grounding``). It is never a registered submodule, so the block's parameters and
+    checkpoint keys stay CompVis's.
+    """
+
+    between_attention = None
 
     def __init__(self, dim: int, n_heads: int, d_head: int, dropout: float = 0.0,
                  context_dim: Optional[int] = None, gated_ff: bool = True, checkpoint: bool = True):
@@ -100,6 +108,8 @@ class BasicTransformerBlock(nn.Module):
 
     def _forward(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
+        if self.between_attention is not None:
+            x, context = self.between_attention(x, context)
         x = x + self.attn2(self.norm2(x), context=context)
         return x + self.ff(self.norm3(x))
 

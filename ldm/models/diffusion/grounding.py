@@ -1,0 +1,326 @@
+"""GroundingAnomaly on the LDM backbone (method.md §11; arXiv 2604.08301), as a ``LatentDiffusion``
+subclass plus the modules of :mod:`ldm.modules.grounding`.
+
+- **SCM** (``self.scm``): semantic map of learned product / anomaly tokens → conv encoder (ConvNeXt-Tiny
+  for the full-size model, a small conv net for tiny configs) → ``grid²`` conditioning tokens in the
+  text-conditioning (BERT) space.
+- **GSM** (``self.gsm``): gated self-attention over [visual tokens, conditioning tokens] in every
+  transformer block of the frozen UNet, ``v + tanh(γ)·attn(...)`` with γ = 0 at the start.
+- **LoRA** (``self.lora``): low-rank updates of the attention projections (forward hooks), the only
+  change to the backbone's function; its weights stay frozen and keep their checkpoint keys.
+- **MNT**: each training batch mixes normal images (empty anomaly map) and anomalies at ``mnt_ratio``
+  (:mod:`ldm.data.mixed`).
+- **NDI**: sampling starts from the normal image's latent noised to ``ndi_t_start`` (AIAS, DDIM, PLMS,
+  DDPM); AIAS spends proportionally fewer network calls (``ndi_scale_steps``).
+
+Training step: ``x_t = q(z, t, ε)``, ``ε̂ = UNet_LoRA,GSM(x_t, t, [text, SCM(map)])``, loss
+``l_simple_weight · mean(w ⊙ (ε − ε̂)²)`` with ``w = 1 + (mask_loss_weight − 1)·M`` (1 everywhere by
+default). Trainable: SCM, GSM, LoRA and the anomaly text embeddings (when a personalization_config is
+set); UNet, autoencoder and text encoder are frozen.
+
+Generation: ``generate(images, masks, captions, names, sampler, rng)`` conditions on the semantic map of
+the given masks (``names[i]`` a ``category+defect`` name, or a list of names for a multi-label mask),
+optionally writes the noised background back in latent space, and pastes the normal image's pixels
+outside the mask exactly. Artifacts: ``scm-{N}.pt``, ``gsm-{N}.pt``, ``lora-{N}.pt`` (+ embeddings).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Sequence
+
+import torch
+
+from ldm.data.mixed import mix_batch, normal_count
+from ldm.models.diffusion.artifacts import ArtifactsMixin, available_steps
+from ldm.models.diffusion.ddpm import DDPM, LatentDiffusion
+from ldm.models.diffusion.fast import latent_mask
+from ldm.modules.grounding import SpatialConditioning, install_gsm, install_lora
+from ldm.util import default
+from utils.errors import UserError
+
+GROUNDING_SAMPLERS = ("aias", "ddim", "plms", "ddpm")
+GUIDANCE_KEYS = ("writeback", "paste", "farm_mode")  # farm_mode: FAST's, accepted and ignored (no FARM)
+
+
+def _names_of(personalization_config) -> Optional[list[str]]:
+    if personalization_config is None:
+        return None
+    params = personalization_config.get("params") or {}
+    names = params.get("names")
+    if names is None:
+        return None
+    from ldm.modules.embedding_manager import _read_names
+
+    return _read_names(names if isinstance(names, str) else list(names))
+
+
+def _init_word_of(personalization_config) -> Optional[str]:
+    if personalization_config is None:
+        return None
+    words = (personalization_config.get("params") or {}).get("initializer_words") or []
+    return str(words[0]) if len(words) else None
+
+
+class GroundingAnomaly(ArtifactsMixin, LatentDiffusion):
+    ARTIFACT_MODULES = (("scm", "scm"), ("gsm", "gsm"), ("lora", "lora"))
+
+    def __init__(self, scm_config: Optional[dict] = None, scm_names: Optional[Sequence[str]] = None,
+                 gsm_feed_forward: bool = True, lora_rank: int = 4, lora_alpha: Optional[float] = None,
+                 lora_targets: Sequence[str] = ("attn1", "attn2"), lora_dropout: float = 0.0,
+                 mnt_ratio: float = 0.5, mask_loss_weight: float = 1.0, ndi_t_start: Optional[int] = 750,
+                 ndi_scale_steps: bool = True, writeback: str = "off", paste: bool = True, mask_key: str = "mask",
+                 mask_threshold: float = 0.5, normal_key: str = "normal_image",
+                 normal_caption_key: str = "normal_caption", *args, **kwargs):
+        kwargs.setdefault("parameterization", "eps")
+        if kwargs.get("unfreeze_model"):
+            raise UserError("GroundingAnomaly keeps the backbone frozen (LoRA is its only update): drop "
+                            "unfreeze_model or set it to false")
+        kwargs["unfreeze_model"] = False
+        ckpt_path = kwargs.pop("ckpt_path", None)
+        ignore_keys = kwargs.pop("ignore_keys", [])
+        pc = kwargs.get("personalization_config")
+        super().__init__(*args, **kwargs)
+        names = [str(n) for n in scm_names] if scm_names else _names_of(pc)
+        if not names:
+            raise UserError("GroundingAnomaly needs its 'category+defect' names: set model.params.scm_names or "
+                            "personalization_config.params.names (main.py sets them from --mvtec_path)")
+        unet = self.model.diffusion_model
+        context_dim = getattr(unet, "context_dim", None) or _context_dim(unet)
+        scm = dict(scm_config or {})
+        scm.setdefault("token_dim", self._text_token_dim() or context_dim)
+        self.scm = SpatialConditioning(names, context_dim=context_dim, **scm)
+        self._anomaly_init_word = _init_word_of(pc)
+        self.gsm = install_gsm(unet, context_dim, self.scm.n_tokens, feed_forward=gsm_feed_forward)
+        self.lora_rank = int(lora_rank)
+        self.lora = None
+        if self.lora_rank > 0:
+            self.lora, self._lora_handles = install_lora(unet, self.lora_rank, lora_alpha, tuple(lora_targets),
+                                                         dropout=lora_dropout)
+        self.mnt_ratio = float(mnt_ratio)
+        normal_count(1, self.mnt_ratio)  # validate
+        self.mask_loss_weight = float(mask_loss_weight)
+        self.ndi_t_start = None if ndi_t_start is None else int(ndi_t_start)
+        if self.ndi_t_start is not None and not 0 <= self.ndi_t_start < self.num_timesteps:
+            raise UserError(f"ndi_t_start must lie in [0, {self.num_timesteps - 1}] (or null), got {ndi_t_start}")
+        self.ndi_scale_steps = bool(ndi_scale_steps)
+        self.writeback = writeback
+        self.paste = bool(paste)
+        self.mask_key = mask_key
+        self.mask_threshold = mask_threshold
+        self.normal_key = normal_key
+        self.normal_caption_key = normal_caption_key
+        self.init_scm_tokens()
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys)
+            self.restarted_from_ckpt = True
+
+    # ------------------------------------------------------------------ set-up
+    def _text_token_dim(self) -> Optional[int]:
+        emb = getattr(getattr(self.cond_stage_model, "transformer", None), "token_emb", None)
+        return int(emb.embedding_dim) if emb is not None else None
+
+    @torch.no_grad()
+    def init_scm_tokens(self) -> list[str]:
+        """Product tokens from their category word, anomaly tokens from the init word, taken from the
+        text encoder's word embeddings when the widths agree and the word is one wordpiece."""
+        model = self.cond_stage_model
+        tok = getattr(getattr(model, "tknz_fn", None), "tokenizer", None)
+        emb = getattr(getattr(model, "transformer", None), "token_emb", None)
+        if tok is None or emb is None or emb.embedding_dim != self.scm.token_dim:
+            return []
+
+        def lookup(word: str):
+            pieces = tok.tokenize(word)
+            if len(pieces) != 1:
+                return None
+            tid = tok.convert_tokens_to_ids(pieces[0])
+            if tid == tok.unk_token_id:
+                return None
+            return emb.weight[tid].detach()
+
+        words = {n: self._anomaly_init_word for n in self.scm.names} if self._anomaly_init_word else {}
+        return self.scm.init_from_words(lookup, words)
+
+    def init_from_ckpt(self, path, ignore_keys=(), only_model: bool = False):
+        missing, unexpected = super().init_from_ckpt(path, ignore_keys, only_model)
+        if hasattr(self, "scm") and any(k.startswith("scm.") for k in missing):
+            done = self.init_scm_tokens()  # a backbone checkpoint: start the tokens from its word embeddings
+            if done:
+                print(f"Initialised SCM tokens from the loaded text encoder: {', '.join(done)}")
+        return missing, unexpected
+
+    # ------------------------------------------------------------------ conditioning
+    def grounding_tokens(self, masks: torch.Tensor, names: Sequence) -> torch.Tensor:
+        """SCM tokens (B×grid²×context_dim) for masks (B×H×W or B×1×H×W) and per-sample names."""
+        labels, products, anomalies = self.scm.labels_from_masks(masks.to(self.device), list(names))
+        return self.scm(labels, products, anomalies)
+
+    def apply_model(self, x_noisy, t, cond, return_ids: bool = False, grounding: Optional[torch.Tensor] = None):
+        """ε̂ of the UNet with LoRA and GSM; ``grounding`` (the SCM tokens) ride behind the text context."""
+        if grounding is None:
+            raise ValueError("GroundingAnomaly.apply_model needs the SCM conditioning tokens (grounding=...)")
+        if isinstance(cond, dict):
+            cond = cond.get("c_crossattn")
+        if isinstance(cond, (list, tuple)):
+            cond = torch.cat(list(cond), 1)
+        if not torch.is_tensor(cond):
+            raise ValueError("GroundingAnomaly.apply_model needs the encoded text conditioning (B×L×D)")
+        context = torch.cat([cond, grounding.to(cond.dtype)], dim=1)
+        return LatentDiffusion.apply_model(self, x_noisy, t, context)
+
+    def denoiser(self, cond=None, grounding: Optional[torch.Tensor] = None):
+        def eps_fn(x, t):
+            return self.apply_model(x, t, cond, grounding=grounding)
+        return eps_fn
+
+    # ------------------------------------------------------------------ training
+    def mixed_batch(self, batch: dict) -> dict:
+        """MNT: the batch with ``normal_count`` normal rows for this step (``ldm.data.mixed``)."""
+        n = normal_count(int(batch[self.first_stage_key].shape[0]), self.mnt_ratio, int(self.global_step))
+        return mix_batch(batch, n, self.first_stage_key, self.mask_key, self.cond_stage_key, self.normal_key,
+                         self.normal_caption_key)
+
+    def shared_step(self, batch, **kwargs):
+        if self.mask_key not in batch or self.name_key not in batch:
+            raise KeyError(f"GroundingAnomaly needs the batch keys '{self.mask_key}' and '{self.name_key}'")
+        batch = self.mixed_batch(batch)
+        z, c = self.get_input(batch, self.first_stage_key)
+        masks = batch[self.mask_key].to(self.device).float()
+        return self(z, c, masks=masks, names=list(batch[self.name_key]))
+
+    def p_losses(self, x_start, cond, t, noise=None, masks=None, names=None):
+        if masks is None or names is None:
+            raise ValueError("GroundingAnomaly.p_losses needs the pixel masks and the names")
+        noise = default(noise, lambda: torch.randn_like(x_start))
+        grounding = self.grounding_tokens(masks, names)
+        x_noisy = self.q_sample(x_start, t, noise)
+        eps = self.apply_model(x_noisy, t, cond, grounding=grounding)
+        weight = None
+        if self.mask_loss_weight != 1.0:
+            m = latent_mask(masks, x_start.shape[-2:], self.mask_threshold).to(x_start)
+            weight = (1.0 + (self.mask_loss_weight - 1.0) * m).expand_as(eps)
+        loss, loss_dict = self.loss_from_prediction(eps, self.training_target(x_start, noise), t, weight_map=weight)
+        prefix = "train" if self.training else "val"
+        loss_dict[f"{prefix}/gate_attn"] = torch.stack([torch.tanh(f.alpha_attn) for f in self.gsm]).abs().mean()
+        return self.add_embedding_regulariser(loss, loss_dict)
+
+    def trainable_parameters(self):
+        params = super().trainable_parameters()
+        params += list(self.scm.parameters()) + list(self.gsm.parameters())
+        if self.lora is not None:
+            params += list(self.lora.parameters())
+        return params
+
+    # ------------------------------------------------------------------ generation
+    def make_sampler(self, name: str = "aias", steps: Optional[int] = None, **opts):
+        """``aias``, ``ddim``, ``plms`` or ``ddpm`` starting at ``t_start`` (default: the model's
+        ``ndi_t_start``; ``ndi=False`` starts from pure noise). With ``ndi_scale_steps`` AIAS spends
+        ``ceil((steps − refine)·(t_start + 1)/T)`` segments, the share of the full grid below t_start."""
+        from ldm.models.diffusion.samplers import build_sampler
+
+        name = name.lower()
+        if name not in GROUNDING_SAMPLERS:
+            raise UserError(f"GroundingAnomaly samples with one of {', '.join(GROUNDING_SAMPLERS)}, got '{name}'")
+        ndi = bool(opts.pop("ndi", True))
+        if opts.get("t_start") is None:
+            opts["t_start"] = self.ndi_t_start if ndi else None
+        t_start = opts["t_start"]
+        if name == "aias" and steps is not None and t_start is not None and self.ndi_scale_steps:
+            refine = int(opts.get("refine_steps", 2))
+            segments = max(1, math.ceil((int(steps) - refine) * (int(t_start) + 1) / self.num_timesteps))
+            steps = segments + refine
+        if name == "ddpm":
+            if steps is not None and int(steps) != self.num_timesteps:
+                raise UserError(f"ddpm runs every timestep below t_start, got steps={steps}")
+            steps = None
+        return build_sampler(name, self.schedule, steps=steps, **opts)
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, masks: torch.Tensor, captions: list[str], names: Optional[list],
+                 sampler, rng, guidance_kw: Optional[dict] = None, t_start: Optional[int] = None) -> torch.Tensor:
+        """Normal images (B×3×H×W, [-1,1]) + masks (B×1×H×W) → synthetic anomalous images.
+
+        ``names[i]``: the ``category+defect`` name of mask i (values > 0.5), or a list of names for a
+        multi-label mask (values k = 1..K). ``guidance_kw``: ``writeback`` (default the model's, "off"),
+        ``paste`` (default on: pixels outside the mask are the normal image's exactly); FAST's
+        ``farm_mode`` is accepted and ignored. ``sampler`` comes from ``make_sampler``.
+        """
+        from ldm.models.diffusion.samplers.guidance import MaskGuidance, paste
+
+        if names is None:
+            raise UserError("GroundingAnomaly.generate needs the 'category+defect' names (the semantic map)")
+        if t_start is not None and getattr(sampler, "t_start", None) != int(t_start):
+            raise UserError(f"t_start={t_start} but the sampler starts at {getattr(sampler, 't_start', None)}; "
+                            "build the sampler with the same t_start")
+        kw = dict(guidance_kw or {})
+        unknown = sorted(set(kw) - set(GUIDANCE_KEYS))
+        if unknown:
+            raise UserError(f"GroundingAnomaly.generate: unknown guidance_kw {unknown} (takes writeback, paste)")
+        do_paste = bool(kw.get("paste", self.paste))
+        writeback = kw.get("writeback") or self.writeback
+        images = images.to(self.device)
+        masks = masks.to(self.device).float()
+        if masks.ndim == 3:
+            masks = masks[:, None]
+        region = (masks > 0.5).float()
+        z_bg = self.encode_to_latent(images)
+        m = latent_mask(region, z_bg.shape[-2:], self.mask_threshold)
+        grounding = self.grounding_tokens(masks, names)
+        text_names = [n if isinstance(n, str) else list(n)[0] for n in names]
+        cond = {"caption": list(captions), "name": text_names} if self.embedding_manager is not None \
+            else list(captions)
+        c = self.get_learned_conditioning(cond)
+        guidance = MaskGuidance(m, z_bg=z_bg, writeback=writeback)
+        z = sampler.sample(self.denoiser(c, grounding), tuple(z_bg.shape), rng=rng, guidance=guidance,
+                           device=z_bg.device, dtype=z_bg.dtype)
+        decoded = self.decode_first_stage(z).clamp(-1.0, 1.0)
+        return paste(decoded, images, region) if do_paste else decoded
+
+    @torch.no_grad()
+    def log_images(self, batch, N: int = 8, sample: bool = True, ddim_steps: int = 20, **kwargs):
+        """Inputs, masks and NDI + AIAS samples on the batch's own images and masks."""
+        from ldm.models.diffusion.samplers.rng import BatchRNG
+
+        x = DDPM.get_input(self, batch, self.first_stage_key)[:N].to(self.device)
+        masks = batch[self.mask_key][:N].to(self.device).float()
+        log = {"inputs": x, "masks": masks[:, None].expand(-1, 3, -1, -1) * 2 - 1}
+        if sample:
+            raw = self.get_raw_conditioning(batch, bs=x.shape[0])
+            captions = raw["caption"] if isinstance(raw, dict) else raw
+            names = list(batch[self.name_key])[:x.shape[0]]
+            sampler = self.make_sampler("aias", max(int(ddim_steps), 3))
+            log["samples"] = self.generate(x, masks[:, None], captions, names, sampler,
+                                           BatchRNG(list(range(x.shape[0]))))
+        return log
+
+    # ------------------------------------------------------------------ artifacts
+    def load_artifacts(self, dirpath, step: int) -> None:
+        """As ``ArtifactsMixin``, after checking that the SCM file holds every name this model needs."""
+        from pathlib import Path
+
+        from utils.safe_load import extract_state_dict, safe_load
+
+        path = Path(dirpath) / f"scm-{step}.pt"
+        if path.is_file():
+            sd = extract_state_dict(safe_load(path))
+            held = sorted(k[len("anomaly_tokens."):] for k in sd if k.startswith("anomaly_tokens."))
+            mine = sorted(self.scm.names)
+            if held != mine:
+                raise UserError(f"{path} holds SCM anomaly tokens {held}, this config builds {mine}; build the "
+                                "model with the names the run trained (personalization_config / scm_names)")
+        super().load_artifacts(dirpath, step)
+
+
+def _context_dim(unet) -> int:
+    from ldm.modules.attention import BasicTransformerBlock
+
+    for m in unet.modules():
+        if isinstance(m, BasicTransformerBlock):
+            return int(m.attn2.to_k.in_features)
+    raise UserError("GroundingAnomaly needs a UNet with spatial transformers (use_spatial_transformer: true)")
+
+
+def available_artifact_steps(dirpath: str | os.PathLike) -> list[int]:
+    """Steps for which ``scm-{step}.pt`` exists (the unit of ``--weight_idx``)."""
+    return available_steps(dirpath, "scm")
