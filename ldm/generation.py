@@ -41,8 +41,11 @@ class GenerationOptions:
     outdir: str = "."
     weight_idx: Optional[int] = None
     mask_path: Optional[str] = None
-    mask_source: str = "real"
+    mask_source: str = "real"               # real, augmented, perlin or generated (a mask-TI run)
     mask_split: Optional[str] = None        # None: the split the run was trained with
+    mask_model: Optional[str] = None        # --mask_source generated: the mask run's checkpoints/ folder
+    mask_weight_idx: Optional[int] = None
+    mask_steps: int = 50
     layout: Optional[str] = None            # None: the run's layout
     init_word: Optional[str] = None
     config: Optional[str] = None            # None: the run's saved config
@@ -232,7 +235,10 @@ def load_run(opt: GenerationOptions, device) -> TrainedRun:
         raise UserError("no backbone checkpoint: pass --ckpt (the LDM checkpoint the run was trained on)")
     if not os.path.isfile(ckpt):
         raise InputNotFound(f"backbone checkpoint not found: {ckpt}")
-    model = build_model(config, ckpt, names=[name], init_word=opt.init_word, device=device)
+    # a run trained on several names (GroundingAnomaly: every defect type of a product) keeps them all
+    saved = list((pc.get("params") or {}).get("names") or []) if pc is not None else []
+    names = saved if name in saved else [name]
+    model = build_model(config, ckpt, names=names, init_word=opt.init_word, device=device)
     model.load_artifacts(pt_path, step)
     model.to(device).eval()
     return TrainedRun(model, config, Path(config_path), pt_path, step, Path(ckpt), name, train)
@@ -262,17 +268,28 @@ def normal_images(data_root, category: str, layout: str) -> list[Path]:
     raise InputNotFound(f"--data_root {root} holds no images and no category folder '{category}'")
 
 
-def mask_source(kind: str, mask_path, size, seed: int, layout: str, split: str, category: str, defect: str):
+def mask_source(kind: str, mask_path, size, seed: int, layout: str, split: str, category: str, defect: str,
+                opt: Optional[GenerationOptions] = None, name: Optional[str] = None):
     """Real/augmented masks from the *generator side* of ``split`` when ``mask_path`` is a dataset
-    defect folder; every mask of a plain folder of masks; or Perlin masks."""
+    defect folder; every mask of a plain folder of masks; Perlin masks; or masks sampled from a mask
+    model (``generated``: ``--mask_model``, GroundingAnomaly's mask textual inversion)."""
     from ldm.data.layouts import resolve_mvtec_path
     from ldm.data.masks import AugmentedMasks, RealMasks
     from ldm.synthesizers.common import make_mask_source
 
     if kind == "perlin":
         return make_mask_source("perlin", size, seed)
+    if kind == "generated":
+        from ldm.data.generated_masks import GeneratedMasks
+
+        if opt is None or not opt.mask_model:
+            raise UserError("--mask_source generated needs --mask_model (a mask run's checkpoints/ folder)")
+        if not Path(opt.mask_model).is_dir():
+            raise InputNotFound(f"--mask_model not found: {opt.mask_model}")
+        return GeneratedMasks.from_run(opt.mask_model, name or f"{category}+{defect}", size=size or 256, seed=seed,
+                                       weight_idx=opt.mask_weight_idx, steps=opt.mask_steps)
     if kind not in ("real", "augmented"):
-        raise UserError(f"--mask_source must be real, augmented or perlin, got {kind!r}")
+        raise UserError(f"--mask_source must be real, augmented, perlin or generated, got {kind!r}")
     if mask_path is None:
         raise UserError(f"--mask_source {kind} needs --mask_path")
     try:
@@ -298,7 +315,8 @@ def use_foreground(opt: GenerationOptions, layout: str) -> bool:
     return opt.foreground == "on" or (opt.foreground == "auto" and is_object_category(layout, opt.sample_name))
 
 
-def generation_inputs(opt: GenerationOptions, size: int, seed: int, layout: str, split: str):
+def generation_inputs(opt: GenerationOptions, size: int, seed: int, layout: str, split: str,
+                      name: Optional[str] = None):
     """(inputs, mask source or None): explicit pairs, or seeded random pairing with optional placement."""
     from ldm.data.generation import ExplicitPairs, GenerationInputs
     from ldm.data.placement import ForegroundPlacement
@@ -309,9 +327,9 @@ def generation_inputs(opt: GenerationOptions, size: int, seed: int, layout: str,
             raise UserError(f"--n_samples {opt.n_samples} exceeds the {len(inputs)} rows of --pairs_csv")
         return inputs, None
     # native: real masks at their file's resolution (resized to each normal image), not the model's
-    mask_size = None if opt.native and opt.mask_source != "perlin" else size
+    mask_size = None if opt.native and opt.mask_source in ("real", "augmented") else size
     masks = mask_source(opt.mask_source, opt.mask_path, mask_size, seed, layout, split, opt.sample_name,
-                        opt.anomaly_name)
+                        opt.anomaly_name, opt, name)
     placement = ForegroundPlacement(opt.fg_min_share, opt.fg_dir) if use_foreground(opt, layout) else None
     inputs = GenerationInputs(normal_images(opt.data_root, opt.sample_name, layout), masks, size=size, seed=seed,
                               length=opt.n_samples, placement=placement, native=opt.native)
@@ -411,7 +429,8 @@ def provenance(run: TrainedRun, opt: GenerationOptions, split: str, masks) -> di
 
 
 # -------------------------------------------------------------------------------------------- settings
-def pixel_settings(run: TrainedRun, opt: GenerationOptions, split: str, layout: str, size: int) -> dict:
+def pixel_settings(run: TrainedRun, opt: GenerationOptions, split: str, layout: str, size: int,
+                   sampler=None) -> dict:
     """Every setting that changes a pixel of pair n (not n_samples, batch size, rank or device)."""
     from ldm.pairs import file_fingerprint
 
@@ -422,14 +441,30 @@ def pixel_settings(run: TrainedRun, opt: GenerationOptions, split: str, layout: 
             "ckpt_fingerprint": file_fingerprint(run.ckpt), "pt_path": resolve(run.pt_path),
             "weight_idx": run.step, "artifacts": artifacts, "embedding_name": run.name,
             "sampler": opt.sampler, "steps": opt.steps, "kernel": opt.kernel, "refine_steps": opt.refine_steps,
-            "eta": opt.eta, "farm_mode": opt.farm_mode, "writeback": opt.writeback, "t_start": opt.t_start,
+            "eta": opt.eta, "farm_mode": opt.farm_mode, "writeback": opt.writeback,
+            "t_start": getattr(sampler, "t_start", opt.t_start),  # the model's NDI default when not given
             "mask_source": opt.mask_source, "mask_split": split, "mask_path": resolve(opt.mask_path),
             "data_root": resolve(opt.data_root), "layout": layout, "prompt": opt.prompt, "seed": opt.seed,
             "size": size, "init_word": opt.init_word, "extra": dict(opt.extra),
             "foreground": use_foreground(opt, layout), "fg_dir": resolve(opt.fg_dir),
             "fg_min_share": opt.fg_min_share if use_foreground(opt, layout) else None,
             "native": opt.native, "native_margin": opt.native_margin if opt.native else None,
-            "pairs_csv": file_fingerprint(opt.pairs_csv) if opt.pairs_csv else None}
+            "pairs_csv": file_fingerprint(opt.pairs_csv) if opt.pairs_csv else None,
+            "mask_model": _mask_model_identity(opt)}
+
+
+def _mask_model_identity(opt: GenerationOptions):
+    """The mask run's folder, step and weights fingerprint (``--mask_source generated`` only)."""
+    if opt.mask_source != "generated" or not opt.mask_model:
+        return None
+    from ldm.models.diffusion.artifacts import available_steps
+    from ldm.pairs import file_fingerprint
+
+    steps = available_steps(opt.mask_model, "mask_ti")
+    step = opt.mask_weight_idx if opt.mask_weight_idx is not None else (steps[-1] if steps else None)
+    weights = Path(opt.mask_model) / f"mask_ti-{step}.pt"
+    return {"path": str(Path(opt.mask_model).resolve()), "step": step, "steps": opt.mask_steps,
+            "weights": file_fingerprint(weights) if weights.is_file() else None}
 
 
 def make_sampler(run: TrainedRun, opt: GenerationOptions):
@@ -509,11 +544,11 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
     layout = opt.layout or run.layout
     size = run.size
     seed = derive_seed(opt.seed, opt.sample_name, opt.anomaly_name)
-    inputs, masks = generation_inputs(opt, size, seed, layout, split)
+    inputs, masks = generation_inputs(opt, size, seed, layout, split, run.name)
     writer = PairWriter(opt.outdir, opt.sample_name, opt.anomaly_name)
     sampler = make_sampler(run, opt)
     if opt.rank == 0:
-        check_manifest(writer.root, pixel_settings(run, opt, split, layout, size))
+        check_manifest(writer.root, pixel_settings(run, opt, split, layout, size, sampler))
         write_provenance(writer.root, provenance(run, opt, split, masks))
     guidance_kw = {"farm_mode": opt.farm_mode, "writeback": opt.writeback}
     mine = range(opt.rank, opt.n_samples, opt.world_size)

@@ -273,3 +273,32 @@ def test_stage_runs_generate_through_the_same_library_path(tmp_path):
         strip = np.asarray(Image.open(root / "image-mask-ori" / f"{n}.png"))
         img, mask, original = strip[:, :32], strip[:, 32:64, 0], strip[:, 64:]
         assert np.array_equal(img[mask == 0], original[mask == 0])   # exact background (paste on)
+
+
+def test_grounding_runs_generate_through_the_same_library_path(tmp_path, monkeypatch):
+    """GroundingAnomaly: NDI starts at the model's t_start, every name of the run is kept, exact paste."""
+    from ldm.generation import generate_pairs
+    from tests.tiny_configs import grounding_config
+
+    data = make_dataset(tmp_path / "data", defects=("scratch", "crack"))
+    ckdir = make_run(tmp_path, data, names=("brick+scratch", "brick+crack"), config=grounding_config)
+    opt = gen.options(gen_args(data, ckdir, tmp_path / "out", "--steps", "6", "--n_samples", "2"))
+    run = load_run(opt, torch.device("cpu"))
+    assert sorted(run.model.embedding_manager.string_to_param_dict) == ["brick+crack", "brick+scratch"]
+    calls = []
+    real = run.model.apply_model
+
+    def spy(x, t, *a, **k):
+        calls.append(int(t[0]))
+        return real(x, t, *a, **k)
+
+    monkeypatch.setattr(run.model, "apply_model", spy)
+    out = generate_pairs(opt, run=run, log=lambda *_: None)
+    assert out["written"] == 2 and calls[0] == 500                    # NDI: the first call at t_start
+    settings = json.loads((tmp_path / "out" / "brick" / "scratch" / "synthesis.json").read_text())
+    assert settings["t_start"] == 500 and settings["method"] == "groundinganomaly"
+    root = tmp_path / "out" / "brick" / "scratch"
+    for n in range(2):
+        strip = np.asarray(Image.open(root / "image-mask-ori" / f"{n}.png"))
+        img, mask, original = strip[:, :32], strip[:, 32:64, 0], strip[:, 64:]
+        assert np.array_equal(img[mask == 0], original[mask == 0])

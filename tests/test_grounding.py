@@ -16,6 +16,7 @@ from ldm.modules.grounding import SpatialConditioning
 from ldm.modules.grounding.gsm import transformer_blocks
 from ldm.util import instantiate_from_config
 from tests.tiny_configs import UNET, ldm_config
+from tests.tiny_configs import grounding_config as tiny_grounding_config
 from utils.errors import UserError
 
 NAME = "tex+scratch"
@@ -24,16 +25,7 @@ BACKBONE = ("model.", "first_stage_model.", "cond_stage_model.")
 
 
 def grounding_config(lora_rank=2, names=NAMES, **overrides) -> dict:
-    cfg = ldm_config(**overrides)
-    cfg["target"] = "ldm.models.diffusion.grounding.GroundingAnomaly"
-    cfg["params"].update({
-        "scm_config": {"encoder": "tiny", "encoder_params": {"widths": [8, 16]}, "grid": 2, "map_channels": 8},
-        "lora_rank": lora_rank, "mnt_ratio": 0.5, "ndi_t_start": 500,
-        "personalization_config": {"target": "ldm.modules.embedding_manager.EmbeddingManager",
-                                   "params": {"placeholder_strings": ["*"], "initializer_words": ["anomaly"],
-                                              "num_vectors_per_token": 2, "names": list(names)}},
-    })
-    return cfg
+    return tiny_grounding_config(names=names, lora_rank=lora_rank, **overrides)
 
 
 def _pretrained_(module, seed=0):

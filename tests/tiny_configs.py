@@ -59,5 +59,18 @@ def stage_config(names=("tex+scratch",), **overrides) -> dict:
     return cfg
 
 
+def grounding_config(names=("tex+scratch", "tex+crack"), lora_rank=2, **overrides) -> dict:
+    cfg = ldm_config(**overrides)
+    cfg["target"] = "ldm.models.diffusion.grounding.GroundingAnomaly"
+    cfg["params"].update({
+        "scm_config": {"encoder": "tiny", "encoder_params": {"widths": [8, 16]}, "grid": 2, "map_channels": 8},
+        "lora_rank": lora_rank, "mnt_ratio": 0.5, "ndi_t_start": 500,
+        "personalization_config": {"target": "ldm.modules.embedding_manager.EmbeddingManager",
+                                   "params": {"placeholder_strings": ["*"], "initializer_words": ["anomaly"],
+                                              "num_vectors_per_token": 2, "names": list(names)}},
+    })
+    return cfg
+
+
 def as_omegaconf(cfg: dict):
     return OmegaConf.create(cfg)
