@@ -20,66 +20,20 @@ import torch
 import torch.nn.functional as F
 
 from ldm.models.diffusion.adaptor import apply_adaptor, build_adaptor
-from ldm.models.diffusion.artifacts import ArtifactsMixin, available_steps
-from ldm.models.diffusion.ddpm import DDPM, LatentDiffusion
+from ldm.models.diffusion.artifacts import available_steps
+from ldm.models.diffusion.ddpm import DDPM
+from ldm.models.diffusion.latent_mask import latent_mask, rescued_latent_masks  # noqa: F401  (public here too)
+from ldm.models.diffusion.masked import MaskedLatentDiffusion
 from ldm.util import default, instantiate_from_config
 
 
-def latent_mask(mask: torch.Tensor, size, threshold: float = 0.5, keep_nonempty: bool = True) -> torch.Tensor:
-    """Pixel mask (B×H×W or B×1×H×W, {0,1}) → binary latent mask B×1×h×w.
-
-    As the official code: bilinear resize to the latent size, then keep cells ``>= threshold``
-    (bilinear 256→32 puts the edge cells of a line at exactly 0.5; ``>`` drops them, and an 8 px
-    line vanishes). ``keep_nonempty``: a non-empty pixel mask never becomes an all-zero latent mask
-    -- bilinear downsampling never even samples most of a 1-3 px scratch -- so the cell(s) holding
-    the most mask pixels are kept. Otherwise the pair's mask would promise a defect that the sampler
-    never generated.
-    """
-    mask = _as_b1hw(mask)
-    out = (_bilinear(mask, size) >= threshold).float()
-    if keep_nonempty:
-        lost = _lost(out, mask)
-        if bool(lost.any()):
-            area = F.adaptive_avg_pool2d(mask, tuple(size))
-            flat = area.flatten(1)
-            top = (flat == flat.amax(1, keepdim=True)).view_as(out).float()
-            out = torch.where(lost[:, None, None, None], top, out)
-    return out
-
-
-def rescued_latent_masks(mask: torch.Tensor, size, threshold: float = 0.5) -> int:
-    """How many masks of a batch ``latent_mask`` had to keep alive (all-zero at ``threshold``)."""
-    mask = _as_b1hw(mask)
-    return int(_lost((_bilinear(mask, size) >= threshold).float(), mask).sum())
-
-
-def _as_b1hw(mask: torch.Tensor) -> torch.Tensor:
-    return (mask[:, None] if mask.ndim == 3 else mask).float()
-
-
-def _bilinear(mask: torch.Tensor, size) -> torch.Tensor:
-    if tuple(mask.shape[-2:]) == tuple(size):
-        return mask
-    return F.interpolate(mask, size=tuple(size), mode="bilinear", align_corners=False)
-
-
-def _lost(latent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (latent.flatten(1).amax(1) == 0) & (mask.flatten(1).amax(1) > 0)
-
-
-class FAST(ArtifactsMixin, LatentDiffusion):
+class FAST(MaskedLatentDiffusion):
     # plain-tensor artifacts beside the checkpoints: FARM-{N}.pt, fine-{N}.pt (official names)
     ARTIFACT_MODULES = (("FARM", "FARM"), ("fine", "fine"))
 
     def __init__(self, farm_config=None, adaptor: str = "replace", adaptor_widths=(64, 128, 256, 256, 64),
-                 farm_loss_weight: float = 5.0, mask_noise_loss: bool = False, mask_key: str = "mask",
-                 mask_threshold: float = 0.5, *args, **kwargs):
+                 farm_loss_weight: float = 5.0, mask_noise_loss: bool = False, *args, **kwargs):
         kwargs.setdefault("l_simple_weight", 2.0)
-        kwargs.setdefault("parameterization", "eps")
-        if kwargs["parameterization"] != "eps":
-            raise ValueError("FAST needs parameterization 'eps' (FARM is re-noised with the training ε)")
-        ckpt_path = kwargs.pop("ckpt_path", None)
-        ignore_keys = kwargs.pop("ignore_keys", [])
         super().__init__(*args, **kwargs)
         channels = self.channels
         farm_config = default(farm_config, {"target": "ldm.models.recon_net.FARM",
@@ -90,18 +44,9 @@ class FAST(ArtifactsMixin, LatentDiffusion):
         self.fine = build_adaptor(adaptor, channels, tuple(adaptor_widths))
         self.farm_loss_weight = farm_loss_weight
         self.mask_noise_loss = mask_noise_loss
-        self.mask_key = mask_key
-        self.mask_threshold = mask_threshold
-        if ckpt_path is not None:
-            self.init_from_ckpt(ckpt_path, ignore_keys)
-            self.restarted_from_ckpt = True
+        self.load_pending_checkpoint()
 
     # ------------------------------------------------------------------ model pieces
-    def get_latent_mask(self, batch, size) -> torch.Tensor:
-        if self.mask_key not in batch:
-            raise KeyError(f"FAST needs the batch key '{self.mask_key}' (anomaly masks)")
-        return latent_mask(batch[self.mask_key].to(self.device), size, self.mask_threshold)
-
     def apply_model(self, x_noisy, t, cond, return_ids: bool = False, mask: torch.Tensor | None = None):
         eps = super().apply_model(x_noisy, t, cond)
         return apply_adaptor(self.fine, self.adaptor_mode, eps, mask)
@@ -116,10 +61,6 @@ class FAST(ArtifactsMixin, LatentDiffusion):
         return lambda x, mask, t: self.FARM(x, mask, t)
 
     # ------------------------------------------------------------------ training
-    def shared_step(self, batch, **kwargs):
-        z, c = self.get_input(batch, self.first_stage_key)
-        return self(z, c, mask=self.get_latent_mask(batch, z.shape[-2:]))
-
     def p_losses(self, x_start, cond, t, noise=None, mask=None):
         """The FAST loss for latent mask ``mask`` (B×1×h×w, {0,1}; see ``latent_mask``)."""
         if mask is None:

@@ -32,9 +32,10 @@ from typing import Optional, Sequence
 import torch
 
 from ldm.data.mixed import mix_batch, normal_count
-from ldm.models.diffusion.artifacts import ArtifactsMixin, available_steps
+from ldm.models.diffusion.artifacts import available_steps
 from ldm.models.diffusion.ddpm import DDPM, LatentDiffusion
-from ldm.models.diffusion.fast import latent_mask
+from ldm.models.diffusion.latent_mask import latent_mask
+from ldm.models.diffusion.masked import MaskedLatentDiffusion
 from ldm.modules.grounding import SpatialConditioning, install_gsm, install_lora
 from ldm.util import default
 from utils.errors import UserError
@@ -62,23 +63,20 @@ def _init_word_of(personalization_config) -> Optional[str]:
     return str(words[0]) if len(words) else None
 
 
-class GroundingAnomaly(ArtifactsMixin, LatentDiffusion):
+class GroundingAnomaly(MaskedLatentDiffusion):
     ARTIFACT_MODULES = (("scm", "scm"), ("gsm", "gsm"), ("lora", "lora"))
 
     def __init__(self, scm_config: Optional[dict] = None, scm_names: Optional[Sequence[str]] = None,
                  gsm_feed_forward: bool = True, lora_rank: int = 4, lora_alpha: Optional[float] = None,
                  lora_targets: Sequence[str] = ("attn1", "attn2"), lora_dropout: float = 0.0,
                  mnt_ratio: float = 0.5, mask_loss_weight: float = 1.0, ndi_t_start: Optional[int] = 750,
-                 ndi_scale_steps: bool = True, writeback: str = "off", paste: bool = True, mask_key: str = "mask",
-                 mask_threshold: float = 0.5, normal_key: str = "normal_image",
+                 ndi_scale_steps: bool = True, writeback: str = "off", paste: bool = True,
+                 normal_key: str = "normal_image",
                  normal_caption_key: str = "normal_caption", *args, **kwargs):
-        kwargs.setdefault("parameterization", "eps")
         if kwargs.get("unfreeze_model"):
             raise UserError("GroundingAnomaly keeps the backbone frozen (LoRA is its only update): drop "
                             "unfreeze_model or set it to false")
         kwargs["unfreeze_model"] = False
-        ckpt_path = kwargs.pop("ckpt_path", None)
-        ignore_keys = kwargs.pop("ignore_keys", [])
         pc = kwargs.get("personalization_config")
         super().__init__(*args, **kwargs)
         names = [str(n) for n in scm_names] if scm_names else _names_of(pc)
@@ -106,14 +104,10 @@ class GroundingAnomaly(ArtifactsMixin, LatentDiffusion):
         self.ndi_scale_steps = bool(ndi_scale_steps)
         self.writeback = writeback
         self.paste = bool(paste)
-        self.mask_key = mask_key
-        self.mask_threshold = mask_threshold
         self.normal_key = normal_key
         self.normal_caption_key = normal_caption_key
         self.init_scm_tokens()
-        if ckpt_path is not None:
-            self.init_from_ckpt(ckpt_path, ignore_keys)
-            self.restarted_from_ckpt = True
+        self.load_pending_checkpoint()
 
     # ------------------------------------------------------------------ set-up
     def _text_token_dim(self) -> Optional[int]:

@@ -25,9 +25,10 @@ import os
 import torch
 
 from ldm.models.diffusion.adaptor import MGA, apply_adaptor, build_adaptor
-from ldm.models.diffusion.artifacts import ArtifactsMixin, available_steps
+from ldm.models.diffusion.artifacts import available_steps
 from ldm.models.diffusion.ddpm import DDPM, LatentDiffusion
-from ldm.models.diffusion.fast import latent_mask
+from ldm.models.diffusion.latent_mask import latent_mask
+from ldm.models.diffusion.masked import MaskedLatentDiffusion
 from ldm.models.diffusion.samplers.stage import OFFICIAL_WINDOWS, STAGESampler, explicit_mask
 from ldm.util import default
 from utils.errors import UserError
@@ -38,20 +39,13 @@ STAGE_SAMPLERS = ("stage", "ddpm")
 FAST_ONLY_GUIDANCE = ("farm_mode", "writeback")
 
 
-class STAGE(ArtifactsMixin, LatentDiffusion):
+class STAGE(MaskedLatentDiffusion):
     ARTIFACT_MODULES = (("fine_image", "fine_image"), ("fine_mask", "fine_mask"))
 
     def __init__(self, adaptor: str = "replace", adaptor_widths=(64, 256, 512, 256, 64),
                  mask_loss_weight: float = 1.0, mask_schedule: str = "linear", shrink_end: int = 200,
-                 windows=OFFICIAL_WINDOWS, paste: bool = True, mask_key: str = "mask",
-                 mask_threshold: float = 0.5, *args, **kwargs):
+                 windows=OFFICIAL_WINDOWS, paste: bool = True, *args, **kwargs):
         kwargs.setdefault("l_simple_weight", 4.0)  # λ_img of the official fork
-        kwargs.setdefault("parameterization", "eps")
-        if kwargs["parameterization"] != "eps":
-            raise UserError("STAGE needs parameterization 'eps' (both losses are noise losses)")
-        kwargs.setdefault("clip_denoised", False)
-        ckpt_path = kwargs.pop("ckpt_path", None)
-        ignore_keys = kwargs.pop("ignore_keys", [])
         super().__init__(*args, **kwargs)
         if adaptor == "off":
             raise UserError("STAGE adaptor must be 'replace' (official) or 'residual'; "
@@ -66,18 +60,9 @@ class STAGE(ArtifactsMixin, LatentDiffusion):
         explicit_mask(torch.zeros(1, 1, 1, 1), 0, self.num_timesteps, self.shrink_end, mask_schedule)  # validate
         self.windows = tuple(tuple(int(v) for v in w) for w in windows)
         self.paste = bool(paste)
-        self.mask_key = mask_key
-        self.mask_threshold = mask_threshold
-        if ckpt_path is not None:
-            self.init_from_ckpt(ckpt_path, ignore_keys)
-            self.restarted_from_ckpt = True
+        self.load_pending_checkpoint()
 
     # ------------------------------------------------------------------ model pieces
-    def get_latent_mask(self, batch, size) -> torch.Tensor:
-        if self.mask_key not in batch:
-            raise KeyError(f"STAGE needs the batch key '{self.mask_key}' (anomaly masks)")
-        return latent_mask(batch[self.mask_key].to(self.device), size, self.mask_threshold)
-
     def training_mask(self, mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """M_t for per-sample training timesteps t (the official ``EMA(step=t)``)."""
         return explicit_mask(mask, t, self.num_timesteps, self.shrink_end, self.mask_schedule)
@@ -102,10 +87,6 @@ class STAGE(ArtifactsMixin, LatentDiffusion):
         return eps_fn
 
     # ------------------------------------------------------------------ training
-    def shared_step(self, batch, **kwargs):
-        z, c = self.get_input(batch, self.first_stage_key)
-        return self(z, c, mask=self.get_latent_mask(batch, z.shape[-2:]))
-
     def p_losses(self, x_start, cond, t, noise=None, mask=None, noise_mask=None):
         """The STAGE loss for latent mask ``mask`` (B×1×h×w, {0,1}); ``noise`` is ε, ``noise_mask`` ε'."""
         if mask is None:

@@ -1,0 +1,47 @@
+"""The shared base of the anomaly synthesizers (FAST, STAGE, GroundingAnomaly).
+
+A latent diffusion model trained on (image, anomaly mask) batches over a pretrained, frozen backbone:
+each method adds its own small modules (FARM and an adaptor; two MGAs; SCM, GSM and LoRA), exports
+them as plain-tensor artifacts (``ArtifactsMixin``), and implements the generation contract that
+``ldm/generation.py`` calls: ``make_sampler``, ``sampling_plan`` and ``generate``.
+
+Why a base: the backbone checkpoint must load *after* a subclass has created its modules (so its
+keys are reported as missing, not silently skipped), and the latent mask of a batch is computed the
+same way everywhere (``latent_mask``: bilinear resize, ``>= 0.5``, never empty).
+"""
+from __future__ import annotations
+
+import torch
+
+from ldm.models.diffusion.artifacts import ArtifactsMixin
+from ldm.models.diffusion.ddpm import LatentDiffusion
+from ldm.models.diffusion.latent_mask import latent_mask
+from utils.errors import UserError
+
+
+class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
+    def __init__(self, *args, mask_key: str = "mask", mask_threshold: float = 0.5, **kwargs):
+        kwargs.setdefault("parameterization", "eps")
+        if kwargs["parameterization"] != "eps":
+            raise UserError(f"{type(self).__name__} needs parameterization 'eps' (its losses and samplers "
+                            "work on the noise prediction)")
+        self._pending_ckpt = (kwargs.pop("ckpt_path", None), kwargs.pop("ignore_keys", []))
+        super().__init__(*args, **kwargs)
+        self.mask_key = mask_key
+        self.mask_threshold = float(mask_threshold)
+
+    def load_pending_checkpoint(self) -> None:
+        """Load the backbone checkpoint; subclasses call this last in ``__init__``."""
+        path, ignore = self._pending_ckpt
+        if path is not None:
+            self.init_from_ckpt(path, ignore)
+            self.restarted_from_ckpt = True
+
+    def get_latent_mask(self, batch, size) -> torch.Tensor:
+        if self.mask_key not in batch:
+            raise KeyError(f"{type(self).__name__} needs the batch key '{self.mask_key}' (anomaly masks)")
+        return latent_mask(batch[self.mask_key].to(self.device), size, self.mask_threshold)
+
+    def shared_step(self, batch, **kwargs):
+        z, c = self.get_input(batch, self.first_stage_key)
+        return self(z, c, mask=self.get_latent_mask(batch, z.shape[-2:]))
