@@ -521,17 +521,40 @@ def validate(opt: GenerationOptions) -> None:
         raise UserError(f"--outdir {out} exists and is not a folder")
 
 
+def generate_batch(run: TrainedRun, opt: GenerationOptions, images, masks, indices, sampler=None) -> tuple:
+    """One batch through the model, writing nothing: ``images`` B×H×W×3 float [-1, 1] and ``masks``
+    B×H×W {0, 1} at the run's size; pair i's noise is seeded by ``pair_seed(seed, category, defect,
+    indices[i])``. Returns ``(generated B×H×W×3 float [-1, 1], {"kept_alive", "nfe", "seeds"})``.
+    ``generate_pairs`` and the studio both call this, so a studio pair is the pair the CLI writes."""
+    import numpy as np
+    import torch
+
+    from ldm.models.diffusion.latent_mask import rescued_latent_masks
+    from ldm.models.diffusion.samplers.rng import BatchRNG
+    from ldm.pairs import pair_seed
+
+    model = run.model
+    sampler = make_sampler(run, opt) if sampler is None else sampler
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(images), dtype=np.float32)).permute(0, 3, 1, 2)
+    pix = torch.from_numpy(np.ascontiguousarray(np.stack(masks), dtype=np.float32))[:, None]
+    latent = int(model.image_size)
+    kept_alive = rescued_latent_masks(pix, (latent, latent), getattr(model, "mask_threshold", 0.5))
+    seeds = [pair_seed(opt.seed, opt.sample_name, opt.anomaly_name, n) for n in indices]
+    with torch.inference_mode():
+        out = model.generate(x, pix, [opt.prompt] * len(seeds), [run.name] * len(seeds), sampler, BatchRNG(seeds),
+                             guidance_kw={"farm_mode": opt.farm_mode, "writeback": opt.writeback},
+                             t_start=opt.t_start)
+    return out.permute(0, 2, 3, 1).float().cpu().numpy(), {"kept_alive": kept_alive, "nfe": sampler.nfe,
+                                                            "seeds": seeds}
+
+
 def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log=print) -> dict:
     """Write pairs ``rank, rank + world, …`` below ``n_samples`` to ``<outdir>/<sample>/<anomaly>/``.
 
     Returns ``{"out", "written", "skipped", "step", "nfe", "seconds", "kept_alive", "sampler"}``.
     """
-    import numpy as np
-    import torch
     from tqdm.auto import tqdm
 
-    from ldm.models.diffusion.fast import rescued_latent_masks
-    from ldm.models.diffusion.samplers.rng import BatchRNG
     from ldm.pairs import PairWriter, check_manifest, derive_seed, pair_seed, write_provenance
 
     validate(opt)
@@ -539,7 +562,6 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
     t0 = time.perf_counter()
     if run is None:
         run = load_run(opt, device)
-    model = run.model
     split = opt.mask_split or run.anomaly_split
     layout = opt.layout or run.layout
     size = run.size
@@ -550,10 +572,9 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
     if opt.rank == 0:
         check_manifest(writer.root, pixel_settings(run, opt, split, layout, size, sampler))
         write_provenance(writer.root, provenance(run, opt, split, masks))
-    guidance_kw = {"farm_mode": opt.farm_mode, "writeback": opt.writeback}
     mine = range(opt.rank, opt.n_samples, opt.world_size)
     todo = [n for n in mine if not writer.done(n)]
-    latent = int(model.image_size)
+    latent = int(run.model.image_size)
     log(f"[generate] {run.name}: step {run.step}, {opt.sampler} ({sampler.nfe} network calls per image), "
         f"{len(todo)} of {len(mine)} pairs to write on {device} (rank {opt.rank}/{opt.world_size})")
     kept_alive = 0
@@ -563,14 +584,9 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
         chunk = todo[start:start + opt.batch_size]
         items = [inputs[n] for n in chunk]
         scaled = [to_model_size(it, size, opt.native_margin) for it in items]
-        images = torch.from_numpy(np.stack([it["image"] for it, _ in scaled])).permute(0, 3, 1, 2)
-        pix = torch.from_numpy(np.stack([it["mask"] for it, _ in scaled]))[:, None]
-        kept_alive += rescued_latent_masks(pix, (latent, latent), getattr(model, "mask_threshold", 0.5))
-        rng = BatchRNG([pair_seed(opt.seed, opt.sample_name, opt.anomaly_name, n) for n in chunk])
-        with torch.inference_mode():
-            out = model.generate(images, pix, [opt.prompt] * len(chunk), [run.name] * len(chunk), sampler, rng,
-                                 guidance_kw=guidance_kw, t_start=opt.t_start)
-        out = out.permute(0, 2, 3, 1).float().cpu().numpy()
+        out, info = generate_batch(run, opt, [it["image"] for it, _ in scaled], [it["mask"] for it, _ in scaled],
+                                   chunk, sampler)
+        kept_alive += info["kept_alive"]
         for n, item, (_, window), img in zip(chunk, items, scaled, out):
             if window is not None:
                 img = paste_window(item["image"], img, item["mask"], window)

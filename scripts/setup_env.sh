@@ -8,6 +8,18 @@ REQ="${1:-requirements-dev.txt}"
 PY="${PYTHON:-python3}"
 VENV="${FAST_VENV:-.venv}"
 stamp="$VENV/.fast-installed-$(cat requirements.txt "$REQ" | sha256sum | cut -c1-16)"
+if [ "$REQ" = "requirements-dev.txt" ] && [ -z "${FAST_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  # The studio's browser test (tests/test_studio.py) drives Debian's chromium through playwright; playwright's
+  # own browser download is never used. In CI the test fails (does not skip) without it.
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing chromium (apt) for the browser test"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >/dev/null \
+      || echo "[setup] note: apt-get install chromium failed; tests/test_studio.py's browser test cannot run"
+  else
+    echo "[setup] note: chromium is missing and apt-get is not usable here (needs root); install Debian's" \
+         "chromium package (or set FAST_CHROMIUM=/path/to/chromium) for tests/test_studio.py's browser test"
+  fi
+fi
 if [ -f "$stamp" ]; then exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 TORCH_PIN="$(grep -E '^torch==' requirements.txt)"

@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 
 from utils.atomic import torch_save_atomic
-from utils.tensor_files import preferred, save_safetensors
 from utils.errors import InputNotFound, UserError
+from utils.tensor_files import preferred, save_safetensors
 
 
 def available_steps(dirpath: str | os.PathLike, prefix: str) -> list[int]:

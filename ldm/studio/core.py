@@ -1,0 +1,527 @@
+"""The studio's work, without any web code: trained runs, normal images, masks, one batch, keep, export.
+
+Generation is the library's own batch step (``ldm.generation.generate_batch``, what
+``generate_pairs`` runs for every batch) plus ``load_run`` and ``PairWriter``, so a
+pair made here is the pair ``generate_with_mask.py`` would make from the same image, mask and seed.
+
+Bad input raises ``utils.errors.UserError`` with a one-line message the page shows.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from utils.errors import InputNotFound, UserError
+
+SAMPLERS = ("aias", "ddim", "plms", "ddpm")
+MASK_SOURCES = ("real", "augmented", "perlin", "generated", "pairs")
+EDITOR_PX = 512          # the editor shows the image at an integer scale of at least this many pixels
+MAX_BATCH = 16
+UPLOADS = ".studio-uploads"  # hidden: pairs-folder readers (ldm.export) skip dot-folders
+
+
+# ---------------------------------------------------------------------------------------------- runs
+@dataclass
+class RunInfo:
+    """A trained run folder the studio can generate with."""
+
+    key: str               # "<category>+<defect>" (unique among the runs found)
+    run_dir: Path
+    pt_path: Path          # <run>/checkpoints
+    category: str
+    defect: str
+    steps: list
+    train: dict            # data.params.train.params of the saved config
+
+    @property
+    def size(self) -> int:
+        return int(self.train.get("size", 256))
+
+    @property
+    def layout(self) -> str:
+        return str(self.train.get("layout", "mvtec"))
+
+
+def run_dir_of(path) -> Path:
+    """``--run`` may name the run folder or its ``checkpoints/``."""
+    p = Path(path)
+    return p.parent if p.name == "checkpoints" else p
+
+
+def inspect_run(run_dir: Path) -> RunInfo:
+    """A run folder → ``RunInfo``; ``UserError`` saying why it is not a usable trained run."""
+    from omegaconf import OmegaConf
+
+    from ldm.generation import find_run_config
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputNotFound(f"no model found: run folder {run_dir} does not exist")
+    pt_path = run_dir / "checkpoints"
+    if not pt_path.is_dir():
+        raise UserError(f"no model found: {run_dir} has no checkpoints/ folder (is it a trained run?)")
+    try:
+        config_path = find_run_config(pt_path)
+    except UserError:
+        raise UserError(f"no model found: {run_dir} has no saved config (configs/*-project.yaml)") from None
+    config = OmegaConf.load(config_path)
+    target = str(OmegaConf.select(config, "model.target") or "")
+    try:
+        module, cls = target.rsplit(".", 1)
+        model_class = getattr(importlib.import_module(module), cls)
+    except (ValueError, ImportError, AttributeError):
+        raise UserError(f"no model found: {config_path} names no importable model ({target!r})") from None
+    if not hasattr(model_class, "artifact_steps"):
+        raise UserError(f"no model found: {run_dir} is not a generator run (model {target})")
+    steps = model_class.artifact_steps(pt_path)
+    if not steps:
+        raise UserError(f"no model found: {pt_path} holds no exported artifacts yet (training not finished?)")
+    train = OmegaConf.select(config, "data.params.train.params")
+    train = OmegaConf.to_container(train, resolve=True) if train is not None else {}
+    category, defect = train.get("category"), train.get("defect")
+    if not isinstance(category, str) or not isinstance(defect, str):
+        if "+" not in run_dir.name:
+            raise UserError(f"no model found: {run_dir}: its config names no category/defect and the folder "
+                            "is not named <category>+<defect>")
+        category, defect = run_dir.name.split("+", 1)
+    return RunInfo(f"{category}+{defect}", run_dir, pt_path, category, defect, list(steps), train)
+
+
+def find_runs(run) -> tuple[list, list]:
+    """The run ``--run`` names plus every other trained run beside it: ``(runs, problems)``.
+
+    ``problems`` are one-line messages (the named run unusable, ...) for the page; the named run,
+    when usable, comes first."""
+    named = run_dir_of(run)
+    runs, problems = [], []
+    try:
+        runs.append(inspect_run(named))
+    except UserError as e:
+        problems.append(str(e))
+    parent = named.parent
+    if parent.is_dir():
+        for d in sorted(parent.iterdir()):
+            if d.is_dir() and d.resolve() != named.resolve() and (d / "checkpoints").is_dir():
+                try:
+                    info = inspect_run(d)
+                except UserError:
+                    continue  # a sibling that is not a finished run is simply not offered
+                if all(info.key != r.key for r in runs):
+                    runs.append(info)
+    if not runs:
+        problems.append(f"no model found: no trained run in {named} or beside it; train one "
+                        "(README: the three-stage recipe) and start the studio with --run <its folder>")
+    return runs, problems
+
+
+# ---------------------------------------------------------------------------------------------- images
+def to_uint8(a: np.ndarray) -> np.ndarray:
+    """float H×W×3 in [-1, 1] → the uint8 pixels a PNG of it holds (the rounding ``save_png_atomic`` uses)."""
+    return np.clip((np.asarray(a, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_float(a: np.ndarray) -> np.ndarray:
+    return (np.asarray(a, np.float32) / 127.5 - 1.0).astype(np.float32)
+
+
+def editor_scale(size: int) -> int:
+    """The integer factor the editor shows a ``size`` image at (nearest neighbour: one image pixel is
+    exactly a k×k block of the editor, so a painted block maps back to one pixel)."""
+    return max(1, math.ceil(EDITOR_PX / int(size)))
+
+
+def display_scale(size: int) -> int:
+    """The integer factor result strips are shown at (each panel at least 256 px wide)."""
+    return max(1, math.ceil(256 / int(size)))
+
+
+def upscale(a: np.ndarray, k: int) -> np.ndarray:
+    return np.repeat(np.repeat(a, k, axis=0), k, axis=1) if k > 1 else a
+
+
+def prepare_upload(image: np.ndarray, size: int) -> tuple[np.ndarray, Optional[str]]:
+    """An uploaded picture → RGB uint8 ``size``×``size`` and a note when it was resized.
+
+    Square pictures of another size are resized bicubic (as the dataset loader resizes dataset
+    images); pictures of another shape are refused: stretching them would distort the part."""
+    from PIL import Image
+
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4) or a.size == 0:
+        raise UserError(f"the uploaded file is not an RGB image (array shape {a.shape})")
+    a = a[..., :3]
+    if a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    h, w = a.shape[:2]
+    if h != w:
+        raise UserError(f"the uploaded image is {w}×{h} px; this run generates {size}×{size} images: "
+                        "crop it to a square first")
+    if h == size:
+        return a, None
+    im = Image.fromarray(a).resize((size, size), Image.BICUBIC)
+    return np.asarray(im, dtype=np.uint8), f"uploaded image resized {w}×{h} → {size}×{size} px"
+
+
+def mask_from_layers(layers, size: int, k: int) -> np.ndarray:
+    """The editor's paint layers (RGBA at the editor's size) → a ``size``×``size`` {0, 1} mask.
+
+    A pixel is painted where the paint is opaque (alpha ≥ 128) on at least half of its k×k block."""
+    total = None
+    for layer in layers or []:
+        a = np.asarray(layer)
+        if a.ndim != 3 or a.shape[2] < 4:
+            alpha = (a.reshape(a.shape[0], a.shape[1], -1).max(axis=2) > 0) if a.ndim >= 2 else None
+        else:
+            alpha = a[..., 3] >= 128
+        if alpha is None:
+            continue
+        if alpha.shape != (size * k, size * k):
+            raise UserError(f"the painted mask is {alpha.shape[1]}×{alpha.shape[0]} px but the image is "
+                            f"{size * k}×{size * k} in the editor (another image size): load the image again "
+                            "and repaint")
+        total = alpha if total is None else (total | alpha)
+    if total is None:
+        return np.zeros((size, size), np.float32)
+    blocks = total.reshape(size, k, size, k).mean(axis=(1, 3))
+    return (blocks >= 0.5).astype(np.float32)
+
+
+def mask_layer(mask: np.ndarray, k: int, color=(255, 40, 40)) -> np.ndarray:
+    """A {0, 1} mask → an RGBA paint layer at the editor's scale (opaque paint where 1)."""
+    m = upscale(np.asarray(mask) > 0.5, k)
+    layer = np.zeros(m.shape + (4,), np.uint8)
+    layer[m] = (*color, 255)
+    return layer
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.45) -> np.ndarray:
+    """The generated image with the mask tinted and its outline drawn (uint8)."""
+    from scipy import ndimage
+
+    m = np.asarray(mask) > 0.5
+    out = image.astype(np.float32).copy()
+    out[m] = (1 - alpha) * out[m] + alpha * np.array(color, np.float32)
+    edge = m & ~ndimage.binary_erosion(m)
+    out[edge] = color
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------ one batch
+@dataclass
+class Pair:
+    image: np.ndarray      # uint8 H×W×3, the generated image (the pixels its PNG holds)
+    mask: np.ndarray       # float32 H×W {0, 1}
+    original: np.ndarray   # uint8 H×W×3, the normal image
+    seed: int              # its noise seed (ldm.pairs.pair_seed)
+    index: int             # its index in the batch
+    scores: dict
+
+
+@dataclass
+class Batch:
+    run_key: str
+    pairs: list
+    seconds: float
+    nfe: int
+    device: str
+    settings: dict         # sampler, steps, farm_mode, seed, ... (for keep: synthesis.json + meta)
+    normal_image: str      # path of the normal image (dataset file or the saved upload)
+    mask_origin: str
+    notes: list = field(default_factory=list)
+
+
+class Studio:
+    """State shared by every browser session: the runs found, loaded models (cached), the pairs folder."""
+
+    def __init__(self, run, out, device: Optional[str] = None, data_root: Optional[str] = None,
+                 generated: Optional[str] = None, mask_model: Optional[str] = None, max_models: int = 2,
+                 log=print):
+        self.runs, self.problems = find_runs(run)
+        self.out = Path(out)
+        self.data_root = data_root
+        self.generated = generated
+        self.mask_model = mask_model
+        self.device = device
+        self.log = log
+        self.max_models = max(1, int(max_models))
+        self._models: dict = {}
+        self._lock = threading.Lock()  # one generation at a time per model (and the model cache)
+
+    # -------------------------------------------------------------------------------------- runs
+    def run_keys(self) -> list:
+        return [r.key for r in self.runs]
+
+    def info(self, key: Optional[str]) -> RunInfo:
+        for r in self.runs:
+            if r.key == key:
+                return r
+        if not self.runs:
+            raise UserError(self.problems[-1] if self.problems else "no model found")
+        raise UserError(f"no model found for defect type {key!r}; found: {', '.join(self.run_keys())}")
+
+    def torch_device(self):
+        import torch
+
+        if self.device:
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def options(self, info: RunInfo, sampler: str = "aias", steps: int = 10, seed: int = 0, farm: bool = True,
+                n: int = 1):
+        from ldm.generation import GenerationOptions, validate
+
+        if sampler not in SAMPLERS:
+            raise UserError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        steps, seed, n = _int(steps, "steps"), _int(seed, "seed"), _int(n, "batch size")
+        if not 1 <= n <= MAX_BATCH:
+            raise UserError(f"batch size must be 1..{MAX_BATCH}, got {n}")
+        opt = GenerationOptions(pt_path=str(info.pt_path), sample_name=info.category, anomaly_name=info.defect,
+                                data_root=str(self.dataset_root(info)), outdir=str(self.out), sampler=sampler,
+                                steps=steps, seed=seed, farm_mode="input" if farm else "off", n_samples=n,
+                                batch_size=n, device=self.device, progress=False)
+        validate(opt)
+        if sampler == "aias" and steps <= opt.refine_steps:
+            raise UserError(f"AIAS needs more than {opt.refine_steps} steps (its {opt.refine_steps} refinement "
+                            f"steps come last), got {steps}")
+        return opt
+
+    def load(self, info: RunInfo):
+        """The run's model (``ldm.generation.load_run``), loaded once and cached."""
+        from ldm.generation import GenerationOptions, load_run
+
+        key = (str(info.pt_path.resolve()), info.steps[-1])
+        if key in self._models:
+            self._models[key] = self._models.pop(key)  # most recently used last
+        else:
+            while len(self._models) >= self.max_models:  # each run is a whole model: bound the memory
+                self._models.pop(next(iter(self._models)))
+            opt = GenerationOptions(pt_path=str(info.pt_path), sample_name=info.category, anomaly_name=info.defect,
+                                    data_root=str(self.dataset_root(info)), device=self.device, progress=False)
+            t0 = time.perf_counter()
+            self._models[key] = load_run(opt, self.torch_device())
+            self.log(f"[studio] loaded {info.key} (step {info.steps[-1]}) on {self.torch_device()} "
+                     f"in {time.perf_counter() - t0:.1f} s")
+        return self._models[key]
+
+    # ---------------------------------------------------------------------------------- inputs
+    def dataset_root(self, info: RunInfo) -> Path:
+        return Path(self.data_root or info.train.get("root") or ".")
+
+    def normal_images(self, info: RunInfo) -> list:
+        from ldm.generation import normal_images
+
+        return normal_images(self.dataset_root(info), info.category, info.layout)
+
+    def normal_image(self, info: RunInfo, path) -> np.ndarray:
+        """A dataset normal image as the generator sees it: uint8 at the run's size (bicubic)."""
+        from ldm.data.io import load_image_uint8
+
+        return load_image_uint8(path, info.size)
+
+    def save_upload(self, image: np.ndarray) -> Path:
+        """Keep an uploaded normal image (already at the run's size) so its pairs can name their source."""
+        from ldm.data.io import save_png_atomic
+
+        digest = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
+        path = self.out / UPLOADS / f"{digest}.png"
+        if not path.is_file():
+            save_png_atomic(image, path)
+        return path
+
+    def draw_mask(self, info: RunInfo, kind: str, index: int) -> tuple[np.ndarray, str]:
+        """Mask ``index`` of a mask source at the run's size: ``real``/``augmented`` (generator side of the
+        run's split), ``perlin``, ``generated`` (sampled from a mask model, ``--mask_model``: the library's
+        ``mask_source("generated")``) or ``pairs`` (masks of pairs already generated for this defect)."""
+        from ldm.generation import mask_source
+        from ldm.pairs import derive_seed
+
+        index = _int(index, "mask number")
+        if index < 0:
+            raise UserError(f"mask number must be >= 0, got {index}")
+        seed = derive_seed(0, info.category, info.defect)
+        split = str(info.train.get("anomaly_split", "third"))
+        if kind == "generated":
+            source = self.mask_model_source(info, seed, split)
+        elif kind == "pairs":
+            folder = self.generated_masks(info)
+            source = mask_source("real", folder, info.size, seed, info.layout, split, info.category, info.defect)
+        elif kind in ("real", "augmented"):
+            path = self.dataset_root(info) / info.category / "ground_truth" / info.defect
+            source = mask_source(kind, path, info.size, seed, info.layout, split, info.category, info.defect)
+        elif kind == "perlin":
+            source = mask_source("perlin", None, info.size, seed, info.layout, split, info.category, info.defect)
+        else:
+            raise UserError(f"mask source must be one of {', '.join(MASK_SOURCES)}, got {kind!r}")
+        try:
+            mask, origin = source.draw_with_info(index)
+        except RuntimeError as e:  # the source's filter rejected every candidate
+            raise UserError(str(e)) from None
+        return mask, origin
+
+    def mask_model_source(self, info: RunInfo, seed: int, split: str):
+        """Masks sampled from a mask model run (``--mask_model``) through ``ldm.generation.mask_source``."""
+        import dataclasses
+        import inspect
+
+        from ldm.generation import GenerationOptions, mask_source
+
+        if "opt" not in inspect.signature(mask_source).parameters or \
+                "mask_model" not in {f.name for f in dataclasses.fields(GenerationOptions)}:
+            raise UserError("mask source 'generated' needs a mask model, which this version of ldm/generation.py "
+                            "does not support; use real, augmented, perlin or pairs")
+        if not self.mask_model:
+            raise UserError("mask source 'generated' needs a mask model: start the studio with --mask_model "
+                            "<mask run>/checkpoints")
+        opt = GenerationOptions(pt_path=str(info.pt_path), sample_name=info.category, anomaly_name=info.defect,
+                                data_root=str(self.dataset_root(info)), mask_source="generated",
+                                mask_model=str(self.mask_model), progress=False)
+        return mask_source("generated", None, info.size, seed, info.layout, split, info.category, info.defect,
+                           opt=opt, name=info.key)
+
+    def generated_masks(self, info: RunInfo) -> Path:
+        """``mask/`` of a pairs folder for this defect: ``--generated`` (a pairs root), the demo's
+        ``generated/fast`` beside ``logs/``, or the studio's own pairs folder."""
+        roots = [Path(self.generated)] if self.generated else []
+        roots += [info.run_dir.parent.parent.parent / "generated" / "fast", self.out]
+        for root in roots:
+            folder = root / info.category / info.defect / "mask"
+            if folder.is_dir() and any(folder.iterdir()):
+                return folder
+        where = ", ".join(str(r / info.category / info.defect / "mask") for r in roots)
+        raise UserError(f"no generated masks for {info.key}: none in {where} (generate or keep pairs first)")
+
+    # ---------------------------------------------------------------------------------- generate
+    def check_mask(self, info: RunInfo, mask: np.ndarray, latent: int) -> None:
+        """Refuse an empty mask and one smaller than one latent cell (it cannot carry a defect)."""
+        area = int((np.asarray(mask) > 0.5).sum())
+        if area == 0:
+            raise UserError("the mask is empty: paint the defect region with the brush (or draw a mask from a "
+                            "mask source) before generating")
+        f = max(1, info.size // max(1, latent))
+        if area < f * f:
+            raise UserError(f"the mask is too small for the latent grid: it covers {area} px but one latent cell "
+                            f"is {f}×{f} = {f * f} px ({info.size} px image, {latent}×{latent} latent); paint a "
+                            "larger region")
+
+    def generate(self, key: str, image: np.ndarray, mask: np.ndarray, normal_image: str, mask_origin: str,
+                 sampler: str = "aias", steps: int = 10, seed: int = 0, farm: bool = True, n: int = 4) -> Batch:
+        """``n`` pairs from one normal image (uint8 at the run's size) and one mask ({0, 1} at that size)."""
+
+        from ldm.generation import generate_batch
+        from ldm.pairs import pair_scores
+
+        info = self.info(key)
+        opt = self.options(info, sampler, steps, seed, farm, n)
+        image = np.asarray(image)
+        mask = (np.asarray(mask) > 0.5).astype(np.float32)
+        if image.shape != (info.size, info.size, 3) or mask.shape != (info.size, info.size):
+            raise UserError(f"the image is {image.shape[1]}×{image.shape[0]} px but {info.key} generates "
+                            f"{info.size}×{info.size} images: load an image for this defect type again")
+        with self._lock:
+            run = self.load(info)
+            model = run.model
+            latent = int(model.image_size)
+            self.check_mask(info, mask, latent)
+            t0 = time.perf_counter()
+            out, done = generate_batch(run, opt, [to_float(image)] * n, [mask] * n, range(n))
+            kept_alive, seeds = min(done["kept_alive"], 1), done["seeds"]
+            seconds = time.perf_counter() - t0
+        pairs = []
+        for i, (img, s) in enumerate(zip(out, seeds)):
+            u8 = to_uint8(img)
+            pairs.append(Pair(u8, mask, image, s, i, pair_scores(u8, mask, image)))
+        notes = []
+        if kept_alive:
+            notes.append(f"the mask is thinner than one latent cell ({latent}×{latent} latent): its strongest "
+                         "cell was kept so the pair still carries a defect")
+        settings = {"sampler": opt.sampler, "steps": opt.steps, "farm_mode": opt.farm_mode, "seed": opt.seed,
+                    "weight_idx": run.step, "n": n}
+        return Batch(info.key, pairs, seconds, int(done["nfe"]), str(self.torch_device()), settings,
+                     str(normal_image), str(mask_origin), notes)
+
+    # -------------------------------------------------------------------------------------- keep
+    def keep(self, batch: Batch, indices) -> tuple[Path, list]:
+        """Write the chosen pairs of ``batch`` into ``<out>/<category>/<defect>/`` (the standard layout:
+        ``ldm.pairs.PairWriter``, ``pairs.csv``, ``synthesis.json``, ``provenance.json``, contact sheet)."""
+        from ldm.generation import GenerationOptions, pixel_settings, provenance, write_contact_sheet
+        from ldm.pairs import PairWriter, check_manifest, write_provenance
+
+        if batch is None:
+            raise UserError("nothing to keep: generate a batch first")
+        chosen = sorted({int(i) for i in indices or []})
+        if not chosen:
+            raise UserError("nothing to keep: tick the pairs you want first")
+        for i in chosen:
+            if not 0 <= i < len(batch.pairs):
+                raise UserError(f"pair {i} is not in the last batch (it has {len(batch.pairs)})")
+        info = self.info(batch.run_key)
+        with self._lock:
+            run = self.load(info)
+            s = batch.settings
+            opt = GenerationOptions(pt_path=str(info.pt_path), sample_name=info.category, anomaly_name=info.defect,
+                                    data_root=str(self.dataset_root(info)), outdir=str(self.out),
+                                    weight_idx=s["weight_idx"], sampler=s["sampler"], steps=s["steps"],
+                                    farm_mode=s["farm_mode"], mask_source="studio", seed=0)
+            split = run.anomaly_split
+            settings = pixel_settings(run, opt, split, info.layout, info.size)
+            # the studio varies the seed and the mask pair by pair: both are recorded per pair (meta/, pairs.csv)
+            settings.update(seed="per pair (meta/<n>.json)", mask_source="studio (per pair, meta/<n>.json)",
+                            mask_path=None)
+            writer = PairWriter(self.out, info.category, info.defect)
+            check_manifest(writer.root, settings)
+            write_provenance(writer.root, provenance(run, opt, split, None))
+            n = next_index(writer)
+            written = []
+            for i in chosen:
+                p = batch.pairs[i]
+                writer.write(n, to_float(p.image), p.mask, to_float(p.original),
+                             meta={"normal_image": batch.normal_image, "mask_origin": batch.mask_origin,
+                                   "seed": p.seed, "studio_seed": s["seed"], "studio_index": p.index})
+                written.append(n)
+                n += 1
+            writer.write_index()
+            write_contact_sheet(writer, n)
+        return writer.root, written
+
+    def export(self, fmt: str, out: Optional[str] = None) -> tuple[Path, dict]:
+        """Export everything kept (``ldm.export.export_pairs``) to ``out`` (default ``<pairs>-<fmt>``).
+        An earlier export there is replaced; any other non-empty folder is refused."""
+        from ldm.export import FORMATS, MANIFEST, ExportOptions, export_pairs
+
+        if fmt not in FORMATS:
+            raise UserError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if not self.out.is_dir():
+            raise UserError(f"nothing to export: no pairs kept yet in {self.out}")
+        target = Path(out) if out else self.out.parent / f"{self.out.name}-{fmt}"
+        overwrite = (target / MANIFEST).is_file()
+        manifest = export_pairs(self.out, target, ExportOptions(fmt=fmt), overwrite=overwrite, log=self.log)
+        return target, manifest
+
+
+def next_index(writer) -> int:
+    """The first pair number after every pair (complete or not) already in the folder."""
+    used = [-1]
+    for d in [writer.meta_dir, *writer.dirs.values()]:
+        if d.is_dir():
+            used += [int(p.stem) for p in d.iterdir() if p.stem.isdigit()]
+    return max(used) + 1
+
+
+def _int(v, what: str) -> int:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a whole number, got {v!r}") from None
+    if not math.isfinite(f) or f != int(f):
+        raise UserError(f"{what} must be a whole number, got {v!r}")
+    return int(f)
