@@ -62,7 +62,41 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default=None,
                    help="device indices: '0', '0,', '0,1'; -1 = all GPUs; absent/none = CPU")
     p.add_argument("--max_steps", type=int, default=None, help="shortcut for lightning.trainer.max_steps")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0: torch's default, one per core)")
     return p
+
+
+# Framework messages that say nothing about this run, each for a known reason:
+EXPECTED_WARNINGS = (
+    # AutoencoderKL steps its optimizer itself (manual optimization); Lightning cannot tell and suggests
+    # keeping a pre-step copy of the weights. The post-step state it saves is the one a resume needs.
+    r"Using ModelCheckpoint with manual optimization",
+    # configs without a validation section (the tiny demo configs) skip validation on purpose
+    r"You defined a `validation_step` but have no `val_dataloader`",
+    # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecated; nothing to fix on our side
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # frozen sub-models (first stage, and the backbone under FAST) stay in eval mode on purpose (ddpm.freeze)
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    # num_workers: 0 is the demo's choice (items come from an in-memory cache; workers cost more than they save)
+    r"The '.*_dataloader' does not have many workers",
+)
+
+
+def silence_expected_warnings() -> None:
+    import warnings
+
+    for pattern in EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    import logging
+
+    class _NoAdverts(logging.Filter):
+        """Lightning advertises a cloud logger on every run; that line is not about the run."""
+
+        def filter(self, record):
+            return "litlogger" not in record.getMessage()
+
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdverts())
 
 
 def split_overrides(unknown: list[str]) -> list[str]:
@@ -195,10 +229,16 @@ def run(argv: list[str] | None = None):
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
-    from ldm.trainer.callbacks import ArtifactExporter, ImageLogger, RNGStateCallback, SetupCallback
+    from ldm.trainer.callbacks import (ArtifactExporter, ImageLogger, RNGStateCallback, SetupCallback,
+                                       TrainingProgress)
     from ldm.trainer.devices import parse_gpus
     from ldm.util import instantiate_from_config
 
+    if opt.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {opt.threads}")
+    if opt.threads:
+        torch.set_num_threads(opt.threads)
+    silence_expected_warnings()
     pl.seed_everything(opt.seed, workers=True)
     configs = [OmegaConf.load(c) for c in base_configs]
     config = OmegaConf.merge(*configs, OmegaConf.from_dotlist(overrides))
@@ -217,6 +257,10 @@ def run(argv: list[str] | None = None):
     if devices.accelerator == "cpu" and precision in ("16", "16-mixed"):
         print(f"warning: precision {precision} needs a GPU; using 32-true on the CPU")
         precision = "32-true"
+    # Lightning's bar redraws one line with carriage returns: right on a terminal, noise in a log file;
+    # elsewhere TrainingProgress prints a plain line every 10 % (unless the config decides)
+    interactive = sys.stderr.isatty()
+    progress_bar = bool(trainer_config.get("enable_progress_bar", interactive))
     lightning_config.trainer = dict(trainer_config, precision=precision, accelerator=devices.accelerator)
 
     category, defect = inject_dataset(config, opt)
@@ -251,9 +295,10 @@ def run(argv: list[str] | None = None):
         ModelCheckpoint(**ckpt_params),
         ArtifactExporter(ckptdir, every_n),
         LearningRateMonitor(logging_interval="step"),
+        TrainingProgress(logdir, lines=not interactive),
     ]
     trainer = pl.Trainer(devices=devices.devices, strategy=devices.strategy, logger=logger, callbacks=callbacks,
-                         default_root_dir=logdir, **lightning_config.trainer)
+                         default_root_dir=logdir, **dict(lightning_config.trainer, enable_progress_bar=progress_bar))
 
     bs = int(config.data.params.batch_size)
     base_lr = float(config.model.get("base_learning_rate", 1e-4))

@@ -2,22 +2,32 @@
 """The embedded demo: the whole FAST pipeline on a CPU, with no downloads.
 
 1. build the texture-ad dataset from scikit-image's CC0 textures;
-2. train a tiny autoencoder (stage 1), then a tiny text-conditioned LDM on normal images (stage 2) —
+2. train a tiny autoencoder (stage 1), then a tiny text-conditioned LDM on normal images (stage 2) --
    together they stand in for the pretrained LDM text2img-large the real datasets use;
-3. train FAST (embeddings + FARM + adaptor on the frozen stage-2 backbone) per defect type;
-4. generate image–mask pairs with AIAS (10 network calls per image);
+3. train FAST (embeddings + FARM + adaptor on the frozen stage-2 backbone), one run per defect type;
+4. generate image-mask pairs with AIAS (10 network calls per image);
 5. train the same segmenter on FAST, DRAEM, CutPaste and normal-only pairs and compare them on the
-   held-out real side of the split; write a table, a bar chart and contact sheets.
+   held-out real side of the split; write a table, a bar chart and contact sheets;
+6. write ``<out>/report.md`` (stage times and peak memory, metrics, pictures).
 
-Every stage is skipped when its output exists and resumed when it was interrupted, so running the
-demo again continues where it stopped. ``--quick`` shrinks every stage (a smoke run of a few minutes).
+Tiers: default (<= 15 min on 2 CPU cores, one texture, one segmenter seed); ``--quick`` (a few
+minutes); ``--smoke`` (seconds per stage: the pipeline's plumbing, for tests); ``--full`` (every
+texture x 3 segmenter seeds, mean +- std, and two ablations on the same trained models: FARM on/off
+at generation, and AIAS-10 vs AIAS-50 vs DDPM-1000).
+
+The console shows one line per stage (progress bar and ETA on a terminal, a line a minute
+otherwise); every stage's full output is in ``<out>/logs/console/<stage>.log``. Every stage is
+skipped when a previous run finished it with the same settings, and training resumes where it
+stopped, so running the demo again continues.
 """
 from __future__ import annotations
 
 import argparse
-import glob
+import json
+import math
 import os
-import subprocess
+import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,111 +35,388 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts.demo_stages import StageRunner, slug  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+from utils.progress import fmt_seconds  # noqa: E402
+
+TEXTURES = ("brick", "grass", "gravel")
+DEFECTS = "scratch,stain,crack,hole"
+REPORT_METRICS = (("iou_anomaly", "anomaly IoU"), ("acc_anomaly", "anomaly recall"), ("pixel_ap", "pixel AP"),
+                  ("pixel_f1_max", "F1-max"), ("pixel_auroc", "pixel AUROC"), ("aupro_0.3", "AUPRO@0.3"))
+
+# budgets per tier: (ae, ldm, fast, n_samples, seg_steps)
+TIERS = {
+    "default": dict(ae_steps=250, ldm_steps=1000, fast_steps=200, n_samples=160, seg_steps=400),
+    "quick": dict(ae_steps=60, ldm_steps=150, fast_steps=60, n_samples=40, seg_steps=60),
+    "smoke": dict(ae_steps=3, ldm_steps=3, fast_steps=3, n_samples=4, seg_steps=3),
+    "full": dict(ae_steps=600, ldm_steps=2000, fast_steps=400, n_samples=500, seg_steps=600),
+}
+
 
 def get_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="everything the demo writes goes here")
-    p.add_argument("--category", default="brick", help="texture-ad category (brick, grass, gravel)")
-    p.add_argument("--defects", default="scratch,stain,crack,hole",
+    p.add_argument("--category", default="brick", help="texture-ad category (brick, grass, gravel); --full: all")
+    p.add_argument("--defects", default=DEFECTS,
                    help="defect types to synthesise (the comparison needs all of the category's types)")
-    p.add_argument("--n_samples", type=int, default=500, help="pairs per defect type")
-    p.add_argument("--ae_steps", type=int, default=600)
-    p.add_argument("--ldm_steps", type=int, default=2000)
-    p.add_argument("--fast_steps", type=int, default=400)
+    tier = p.add_mutually_exclusive_group()
+    tier.add_argument("--quick", action="store_true", help="small budgets everywhere (a few minutes)")
+    tier.add_argument("--smoke", action="store_true", help="a few steps per stage: the plumbing only (tests)")
+    tier.add_argument("--full", action="store_true",
+                      help="every texture x --seeds segmenter seeds, mean +- std, FARM and sampler ablations")
+    p.add_argument("--n_samples", type=int, default=None, help="pairs per defect type")
+    p.add_argument("--ae_steps", type=int, default=None)
+    p.add_argument("--ldm_steps", type=int, default=None)
+    p.add_argument("--fast_steps", type=int, default=None)
+    p.add_argument("--seg_steps", type=int, default=None, help="segmenter training steps per synthesizer")
     p.add_argument("--aias_steps", type=int, default=10, help="AIAS network calls (segments + 2 DDPM steps)")
-    p.add_argument("--seg_steps", type=int, default=600, help="segmenter training steps per synthesizer")
-    p.add_argument("--quick", action="store_true", help="tiny budgets everywhere (smoke run)")
+    p.add_argument("--seeds", type=int, default=None, help="segmenter seeds (default 1; --full 3)")
+    p.add_argument("--ablation_samples", type=int, default=100,
+                   help="--full: pairs per defect type in the sampler ablation (DDPM-1000 is 100x AIAS-10)")
+    p.add_argument("--ablation_categories", default="brick", help="--full: textures of the ablations")
     p.add_argument("--gpus", default=None, help="as main.py --gpus (default: CPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per stage (0: one per core)")
     return p
 
 
-def quick(opt) -> None:
-    opt.n_samples, opt.ae_steps, opt.ldm_steps, opt.fast_steps, opt.seg_steps = 40, 60, 150, 60, 60
+def resolve(opt) -> str:
+    tier = "full" if opt.full else "quick" if opt.quick else "smoke" if opt.smoke else "default"
+    for k, v in TIERS[tier].items():
+        if getattr(opt, k) is None:
+            setattr(opt, k, v)
+    if opt.seeds is None:
+        opt.seeds = 3 if opt.full else 1
+    for k in ("n_samples", "ae_steps", "ldm_steps", "fast_steps", "seg_steps", "aias_steps", "seeds"):
+        if getattr(opt, k) < 1:
+            raise UserError(f"--{k} must be >= 1, got {getattr(opt, k)}")
+    opt.categories = list(TEXTURES) if opt.full else [opt.category]
+    if opt.category not in TEXTURES:
+        raise UserError(f"--category must be one of {', '.join(TEXTURES)}, got '{opt.category}'")
+    opt.defect_list = [d for d in opt.defects.split(",") if d]
+    if not opt.defect_list:
+        raise UserError("--defects is empty")
+    return tier
 
 
-def sh(cmd: list[str], what: str) -> None:
-    print(f"\n=== {what}\n$ {' '.join(cmd)}", flush=True)
-    t = time.time()
-    rc = subprocess.call(cmd, cwd=ROOT)
-    if rc != 0:
-        raise SystemExit(f"run_demo.py: {what} failed (exit code {rc}); run the demo again to resume")
-    print(f"=== {what}: done in {time.time() - t:.0f} s", flush=True)
-
-
+# ------------------------------------------------------------------------------------------ helpers
 def last_step(ckpt: Path) -> int:
     from utils.safe_load import safe_load
 
     return int(safe_load(ckpt).get("global_step", 0))
 
 
-def train_stage(opt, name: str, config: str, steps: int, overrides: list[str]) -> Path:
-    """Run (or resume, or skip) one main.py stage; returns its last.ckpt."""
-    logdir = Path(opt.out) / "logs" / name
-    ckpt = logdir / "checkpoints" / "last.ckpt"
-    gpus = ["--gpus", opt.gpus] if opt.gpus else []
-    if ckpt.is_file() and last_step(ckpt) >= steps:
-        print(f"=== {name}: already trained ({ckpt})")
+def trained(ckpt: Path, steps: int) -> bool:
+    try:
+        return ckpt.is_file() and last_step(ckpt) >= steps
+    except Exception:  # a half-written or foreign file: train (resume) again
+        return False
+
+
+def count_files(folder: Path, pattern: str = "*.png") -> int:
+    return len(list(folder.glob(pattern))) if folder.is_dir() else 0
+
+
+def py() -> list[str]:
+    return [sys.executable]
+
+
+class Demo:
+    def __init__(self, opt, tier: str, runner: StageRunner):
+        self.opt, self.tier, self.runner = opt, tier, runner
+        self.out = Path(opt.out)
+        self.data = self.out / "data" / "texture-ad"
+        self.common = (["--gpus", opt.gpus] if opt.gpus else []) + (["--threads", str(opt.threads)]
+                                                                      if opt.threads else [])
+
+    # ---------------------------------------------------------------- stages
+    def dataset(self) -> None:
+        settings = {"stage": "dataset"}
+        name = "build texture-ad"
+        marker = self.runner.finished(name, settings)
+        if marker and (self.data / "brick").is_dir():
+            self.runner.skip(name, marker)
+            return
+        from ldm.data.texture_ad import build_texture_ad
+
+        t = time.perf_counter()
+        build_texture_ad(self.data)
+        self.runner.record_inline(name, time.perf_counter() - t, settings, unit="textures", total=len(TEXTURES))
+
+    def train(self, name: str, config: str, steps: int, overrides: list[str], extra_args=()) -> Path:
+        logdir = self.out / "logs" / name
+        ckpt = logdir / "checkpoints" / "last.ckpt"
+        if ckpt.is_file():
+            cmd = py() + ["main.py", "-r", str(logdir), "-t", "--max_steps", str(steps), *self.common]
+        else:
+            cmd = py() + ["main.py", "--base", config, "-t", "-l", str(self.out / "logs"), "-lf", name,
+                          "--max_steps", str(steps), *self.common, *extra_args, *overrides]
+        settings = {"config": config, "steps": steps, "overrides": overrides, "extra": list(extra_args)}
+        self.runner.run(f"train {name}", cmd, settings, total=steps, unit="steps", cwd=ROOT,
+                        done=lambda: trained(ckpt, steps))
         return ckpt
-    if ckpt.is_file():
-        cmd = [sys.executable, "main.py", "-r", str(logdir), "-t", "--max_steps", str(steps), *gpus]
-    else:
-        cmd = [sys.executable, "main.py", "--base", config, "-t", "-l", str(Path(opt.out) / "logs"), "-lf", name,
-               "--max_steps", str(steps), *gpus, *overrides]
-    sh(cmd, f"train {name}")
-    return ckpt
+
+    def fast(self, ldm: Path, category: str, defect: str) -> Path:
+        from scripts.train_all import init_word_for
+        from ldm.modules.encoders.tokenizer import load_bert_tokenizer
+
+        run = f"fast/{category}+{defect}"
+        word = init_word_for(defect, load_bert_tokenizer("tiny"), "anomaly", "texture_ad", category)
+        extra = ["--actual_resume", str(ldm), "--mvtec_path", str(self.data), "--category", category,
+                 "--defect", defect, "--init_word", word or "anomaly"]
+        self.train(run, "configs/fast/texture-demo.yaml", self.opt.fast_steps,
+                   [f"data.params.train.params.root={self.data}"], extra)
+        return self.out / "logs" / run / "checkpoints"
+
+    def generate(self, pt_path: Path, category: str, defect: str, outdir: Path, n: int, sampler: str = "aias",
+                 steps: int = 10, farm_mode: str = "input", label: str = "") -> dict:
+        folder = outdir / category / defect
+        cmd = py() + ["generate_with_mask.py", "--data_root", str(self.data), "--sample_name", category,
+                      "--anomaly_name", defect, "--pt_path", str(pt_path),
+                      "--mask_path", str(self.data / category / "ground_truth" / defect), "--outdir", str(outdir),
+                      "--sampler", sampler, "--steps", str(steps), "--farm_mode", farm_mode,
+                      "--n_samples", str(n), "--batch_size", "50"]
+        settings = {"pt": str(pt_path), "sampler": sampler, "steps": steps, "farm": farm_mode, "n": n,
+                    "fast_steps": self.opt.fast_steps}
+        name = f"generate {label or sampler + '-' + str(steps)} {category}+{defect}"
+        rec = self.runner.run(name, cmd, settings, total=n, unit="pairs", cwd=ROOT,
+                              progress=lambda: (count_files(folder / "image-mask-ori"), n),
+                              done=lambda: count_files(folder / "image-mask-ori") >= n,
+                              extra={"sampler": sampler, "nfe": steps if sampler != "ddpm" else 1000,
+                                     "farm_mode": farm_mode})
+        return rec.as_dict()
+
+    def compare(self, name: str, out: Path, categories: list[str], synths: str, seed: int,
+                fast_dir: Path | None, n: int) -> Path:
+        cmd = py() + ["scripts/compare_synthesizers.py", "--dataset_root", str(self.data), "--layout", "mvtec",
+                      "--categories", ",".join(categories), "--synthesizers", synths, "--mask_source", "real",
+                      "--size", "64", "--n_samples", str(n), "--steps", str(self.opt.seg_steps),
+                      "--seed", str(seed), "--out", str(out), "--quiet"]
+        if fast_dir is not None:
+            cmd += ["--fast_dir", str(fast_dir)]
+        if self.opt.threads:
+            cmd += ["--threads", str(self.opt.threads)]
+        runs = len(categories) * len(synths.split(","))
+        steps = self.opt.seg_steps
+        prog_file = self.runner.markers / f"{slug(name)}.progress"
+
+        def progress():
+            from utils.progress import read
+
+            finished = count_files(out / "runs", "*/*/result.json")
+            cur = read(prog_file)
+            cur_done = cur[0] if cur and cur[0] < steps and finished < runs else 0
+            return min(runs * steps, finished * steps + cur_done), runs * steps
+
+        settings = {"categories": categories, "synths": synths, "seed": seed, "fast": str(fast_dir), "n": n,
+                    "seg_steps": steps, "fast_steps": self.opt.fast_steps, "ldm_steps": self.opt.ldm_steps}
+        self.runner.run(name, cmd, settings, total=runs * steps, unit="segmenter steps", cwd=ROOT,
+                        progress=progress, done=lambda: (out / "results.json").is_file())
+        return out / "results.json"
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+def pipeline(opt, tier: str, runner: StageRunner) -> dict:
+    demo = Demo(opt, tier, runner)
+    demo.dataset()
+    root = [f"data.params.train.params.root={demo.data}"]
+    ae = demo.train("autoencoder", "configs/tiny/autoencoder.yaml", opt.ae_steps, root)
+    ldm = demo.train("ldm", "configs/tiny/ldm.yaml", opt.ldm_steps,
+                     root + [f"model.params.first_stage_config.params.ckpt_path={ae}"])
+    gen_dir = demo.out / "generated" / "fast"
+    runs, gens = {}, []
+    for cat in opt.categories:
+        for defect in opt.defect_list:
+            runs[(cat, defect)] = demo.fast(ldm, cat, defect)
+            gens.append(demo.generate(runs[(cat, defect)], cat, defect, gen_dir, opt.n_samples,
+                                      steps=opt.aias_steps, label=f"AIAS-{opt.aias_steps}"))
+    results = {}
+    for seed in range(opt.seeds):
+        sub = demo.out / "comparison" if opt.seeds == 1 else demo.out / "comparison" / f"seed-{seed}"
+        results[seed] = demo.compare(f"compare seed {seed}", sub, opt.categories, "fast,draem,cutpaste,normal",
+                                     seed, gen_dir, opt.n_samples)
+    ablations = {}
+    if opt.full:
+        ablations = run_ablations(opt, demo, runs)
+    return {"results": results, "generation": gens, "ablations": ablations}
+
+
+def run_ablations(opt, demo: Demo, runs: dict) -> dict:
+    """FARM on vs off at generation; AIAS-10 vs AIAS-50 vs DDPM-1000 -- the same trained FAST models,
+    the same masks and normal images, ``--ablation_samples`` pairs per defect type, every seed."""
+    cats = [c for c in opt.ablation_categories.split(",") if c]
+    variants = {"AIAS-10": ("aias", 10, "input"), "AIAS-10, FARM off": ("aias", 10, "off"),
+                "AIAS-50": ("aias", 50, "input"), "DDPM-1000": ("ddpm", 1000, "input")}
+    out = {}
+    for label, (sampler, steps, farm) in variants.items():
+        folder = demo.out / "ablations" / "generated" / label.replace(", ", "-").replace(" ", "-").lower()
+        gen = []
+        for cat in cats:
+            for defect in opt.defect_list:
+                gen.append(demo.generate(runs[(cat, defect)], cat, defect, folder, opt.ablation_samples,
+                                         sampler=sampler, steps=steps, farm_mode=farm, label=label))
+        seeds = {}
+        for seed in range(opt.seeds):
+            sub = demo.out / "ablations" / "comparison" / folder.name / f"seed-{seed}"
+            seeds[seed] = demo.compare(f"compare {label} seed {seed}", sub, cats, "fast", seed, folder,
+                                       opt.ablation_samples)
+        out[label] = {"results": seeds, "generation": gen}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ report
+def load_results(paths: dict) -> list[dict]:
+    return [json.loads(Path(p).read_text()) for p in paths.values() if Path(p).is_file()]
+
+
+def mean_std(values: list) -> tuple[float, float]:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def fmt_ms(m: float, s: float, n: int) -> str:
+    if math.isnan(m):
+        return "n/a"
+    return f"{100 * m:.1f} ± {100 * s:.1f}" if n > 1 else f"{100 * m:.1f}"
+
+
+def metrics_table(docs: list[dict], synth_names=None) -> tuple[str, dict]:
+    """Mean over categories per seed, then mean ± std over seeds, per synthesizer."""
+    if not docs:
+        return "_no comparison results yet_", {}
+    synths = synth_names or docs[0].get("synthesizers", [])
+    summary = {}
+    lines = ["| synthesizer | " + " | ".join(label for _, label in REPORT_METRICS) + " |",
+             "|---|" + "---|" * len(REPORT_METRICS)]
+    for s in synths:
+        cells = []
+        for key, _ in REPORT_METRICS:
+            per_seed = [d["results"].get(s, {}).get("mean", {}).get(key) for d in docs if s in d.get("results", {})]
+            m, sd = mean_std(per_seed)
+            summary.setdefault(s, {})[key] = {"mean": m, "std": sd, "n": len(per_seed)}
+            cells.append(fmt_ms(m, sd, len(per_seed)))
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), summary
+
+
+def rel(path: Path, out: Path) -> str:
+    return os.path.relpath(path, out)
+
+
+def latest(out: Path, pattern: str) -> Path | None:
+    hits = sorted(out.glob(pattern))
+    return hits[-1] if hits else None
+
+
+def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) -> tuple:
+    from utils.atomic import write_text_atomic
+
+    out = Path(opt.out)
+    docs = load_results(res["results"])
+    table, summary = metrics_table(docs)
+    n_seeds = len(docs)
+    cmd = "bash scripts/demo.sh" + {"default": "", "quick": " --quick", "smoke": " --smoke", "full": " --full"}[tier]
+    threads = opt.threads or os.cpu_count()
+    lines = [f"# FAST embedded demo — {tier} run", "",
+             f"Command: `{cmd}` (scripts/run_demo.py). Machine: {os.cpu_count()} CPU cores ({platform.machine()}), "
+             f"{threads} torch threads per stage, {'GPU ' + opt.gpus if opt.gpus else 'CPU only'}. "
+             f"Finished {time.strftime('%Y-%m-%d %H:%M')}; this invocation took **{fmt_seconds(wall)}** "
+             f"(skipped stages cost nothing now; their earlier times are in the table).", "",
+             f"Budget: autoencoder {opt.ae_steps} steps, LDM {opt.ldm_steps} steps, FAST {opt.fast_steps} steps "
+             f"per defect type, {opt.n_samples} AIAS-{opt.aias_steps} pairs per defect type, segmenter "
+             f"{opt.seg_steps} steps × {n_seeds} seed(s); textures: {', '.join(opt.categories)}.", "",
+             "## Stage times and peak memory", "", runner.table(), "",
+             "## Segmentation on real held-out anomalies (%)", "",
+             f"Segmenter trained on each synthesizer's pairs (+50 % normal images), tested on the held-out side "
+             f"of the split + test/good; mean over {len(opt.categories)} texture(s)"
+             + (f", then mean ± std over {n_seeds} segmenter seeds." if n_seeds > 1 else ", one seed."), "",
+             table, ""]
+    if summary.get("fast") and all(s in summary for s in ("draem", "cutpaste")):
+        f_iou = summary["fast"]["iou_anomaly"]["mean"]
+        others = {s: summary[s]["iou_anomaly"]["mean"] for s in ("draem", "cutpaste")}
+        beats = all(f_iou > v for v in others.values())
+        lines += [f"FAST {'beats' if beats else 'does not beat'} DRAEM and CutPaste on mean anomaly IoU "
+                  f"({100 * f_iou:.1f} vs " + ", ".join(f"{s} {100 * v:.1f}" for s, v in others.items()) + ").", ""]
+    chart = out / "comparison" / "bars.png" if n_seeds == 1 else out / "comparison" / "seed-0" / "bars.png"
+    lines += ["## Pictures", ""]
+    if chart.is_file():
+        lines += [f"Bar chart (seed 0): ![bars]({rel(chart, out)})", ""]
+    lines += ["Generated pairs (generated | mask | normal image), one contact sheet per defect type:", ""]
+    for cat in opt.categories:
+        for d in opt.defect_list:
+            sheet = out / "generated" / "fast" / cat / d / "contact_sheet.png"
+            if sheet.is_file():
+                lines.append(f"- {cat}/{d}: ![{cat} {d}]({rel(sheet, out)})")
+    lines.append("")
+    grids = [("LDM samples (stage 2)", "logs/ldm/images/train/samples_*.png"),
+             ("autoencoder reconstructions (stage 1)", "logs/autoencoder/images/train/reconstructions_*.png")]
+    for cat in opt.categories:
+        for d in opt.defect_list:
+            grids.append((f"FAST training samples {cat}+{d}", f"logs/fast/{cat}+{d}/images/train/samples_*.png"))
+    shown = [(label, latest(out, pat)) for label, pat in grids]
+    shown = [(label, p) for label, p in shown if p is not None]
+    lines += ["Training grids (latest):", ""] + ([f"- {label}: ![]({rel(p, out)})" for label, p in shown]
+                                                 or ["- none yet (image logging starts at step 200)"]) + [""]
+    sheets = sorted((out / "comparison").rglob("sheets/*/*.png"))
+    lines += [f"Segmenter contact sheets (test image | GT | probability | prediction): "
+              f"{len(sheets)} under `comparison/**/sheets/`.", ""]
+    lines += ["## Sampler speed", "", "| generation | pairs | wall time | s / pair |", "|---|---|---|---|"]
+    for g in res["generation"] + [g for a in res["ablations"].values() for g in a["generation"]]:
+        if g.get("total"):
+            lines.append(f"| {g['name']} | {g['total']} | {fmt_seconds(g['seconds'])} | "
+                         f"{g['seconds'] / g['total']:.3f} |")
+    lines += ["", "(wall time of the whole stage: model loading included; skipped stages show the earlier run's "
+                  "time)", ""]
+    if res["ablations"]:
+        lines += ["## Ablations (same trained FAST models)", "",
+                  f"Textures: {opt.ablation_categories}; {opt.ablation_samples} pairs per defect type for every "
+                  f"variant; segmenter {opt.seg_steps} steps × {opt.seeds} seeds; mean ± std over seeds.", "",
+                  "| variant | anomaly IoU | anomaly recall | pixel AP | AUPRO@0.3 | generation s / pair |",
+                  "|---|---|---|---|---|---|"]
+        for label, a in res["ablations"].items():
+            adocs = load_results(a["results"])
+            _, s = metrics_table(adocs, ["fast"])
+            f = s.get("fast", {})
+            secs = sum(g["seconds"] for g in a["generation"]) / max(1, sum(g["total"] or 0 for g in a["generation"]))
+
+            def c(k):
+                return fmt_ms(f[k]["mean"], f[k]["std"], f[k]["n"]) if k in f else "n/a"
+
+            lines.append(f"| {label} | {c('iou_anomaly')} | {c('acc_anomaly')} | {c('pixel_ap')} | "
+                         f"{c('aupro_0.3')} | {secs:.3f} |")
+        lines.append("")
+    lines += ["## Where to look", "",
+              "- `comparison/results.md` (every metric, generation-quality table), `comparison/bars.png`",
+              "- `generated/fast/<texture>/<defect>/` (pairs, `contact_sheet.png`, `synthesis.json`)",
+              "- `logs/<stage>/` (checkpoints, image grids, `timing.json`), `logs/console/*.log` (full output)",
+              "- `stages/*.json` (per-stage time and peak memory, used to skip finished stages)", ""]
+    doc = {"tier": tier, "wall_seconds": wall, "stages": [r.as_dict() for r in runner.records],
+           "metrics": summary, "budget": {k: getattr(opt, k) for k in TIERS["default"]}}
+    write_text_atomic(out / "report.json", json.dumps(doc, indent=1, default=str) + "\n")
+    path = out / "report.md"
+    write_text_atomic(path, "\n".join(lines))
+    return path, table
 
 
 def main(argv=None) -> int:
     opt = get_parser().parse_args(argv)
-    if opt.quick:
-        quick(opt)
+    tier = resolve(opt)
     out = Path(opt.out)
     if not out.is_absolute():
         out = ROOT / out
-        opt.out = str(out)
-    data = out / "data" / "texture-ad"
-    t0 = time.time()
-
-    sh([sys.executable, "scripts/build_texture_dataset.py", "--out", str(data)], "build texture-ad")
-    root_override = [f"data.params.train.params.root={data}"]
-    ae = train_stage(opt, "autoencoder", "configs/tiny/autoencoder.yaml", opt.ae_steps, root_override)
-    ldm = train_stage(opt, "ldm", "configs/tiny/ldm.yaml", opt.ldm_steps,
-                      root_override + [f"model.params.first_stage_config.params.ckpt_path={ae}"])
-
-    defects = [d for d in opt.defects.split(",") if d]
-    fast_logs = out / "logs" / "fast"
-    gen_dir = out / "generated" / "fast"
-    for defect in defects:
-        run = fast_logs / f"{opt.category}+{defect}"
-        ckpt = run / "checkpoints" / "last.ckpt"
-        if not (ckpt.is_file() and last_step(ckpt) >= opt.fast_steps):
-            sh([sys.executable, "scripts/train_all.py", "--config", "configs/fast/texture-demo.yaml",
-                "--dataset", str(data), "--ckpt", str(ldm), "--categories", opt.category, "--defects", defect,
-                "--logdir", str(fast_logs), *(["--gpus", opt.gpus] if opt.gpus else []),
-                f"lightning.trainer.max_steps={opt.fast_steps}"], f"train FAST {opt.category}+{defect}")
-        sh([sys.executable, "generate_with_mask.py", "--data_root", str(data), "--sample_name", opt.category,
-            "--anomaly_name", defect, "--pt_path", str(run / "checkpoints"),
-            "--mask_path", str(data / opt.category / "ground_truth" / defect), "--outdir", str(gen_dir),
-            "--sampler", "aias", "--steps", str(opt.aias_steps), "--n_samples", str(opt.n_samples),
-            "--batch_size", "50"], f"generate {opt.category}+{defect}")
-
-    compare = out / "comparison"
-    sh([sys.executable, "scripts/compare_synthesizers.py", "--dataset_root", str(data), "--layout", "mvtec",
-        "--categories", opt.category, "--synthesizers", "fast,draem,cutpaste,normal", "--fast_dir", str(gen_dir),
-        "--mask_source", "real", "--size", "64", "--n_samples", str(opt.n_samples),
-        "--steps", str(opt.seg_steps), "--out", str(compare)],
-       "compare synthesizers")
-
-    print(f"\nDemo finished in {(time.time() - t0) / 60:.1f} min. Look at:")
-    for pattern in ("logs/ldm/images/train/samples_*.png", "logs/fast/*/images/train/samples_*.png",
-                    "generated/fast/*/*/contact_sheet.png", "comparison/*.png", "comparison/results.md"):
-        hits = sorted(glob.glob(str(out / pattern)))
-        if hits:
-            print(f"  {hits[-1]}")
-    table = compare / "results.md"
-    if table.is_file():
-        print("\n" + table.read_text())
+    opt.out = str(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = StageRunner(out)
+    print(f"FAST demo ({tier}): {', '.join(opt.categories)} x {len(opt.defect_list)} defect types -> {out}\n"
+          f"  full logs: {out / 'logs' / 'console'}/", flush=True)
+    t0 = time.perf_counter()
+    res = pipeline(opt, tier, runner)
+    wall = time.perf_counter() - t0
+    report, table = write_report(opt, tier, runner, res, wall)
+    print(f"\nDemo finished in {fmt_seconds(wall)}.\n\n{runner.table()}\n\n{table}\n\n"
+          f"Report: {report}\nComparison: {out / 'comparison'}\nPairs: {out / 'generated' / 'fast'}", flush=True)
     return 0
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
-from ldm.util import instantiate_from_config
+from ldm.util import fused_optimizer_kwargs, instantiate_from_config
 from taming.modules.vqvae.quantize import VectorQuantizer2 as VectorQuantizer
 
 DEFAULT_LEARNING_RATE = 4.5e-6
@@ -128,8 +128,9 @@ class AutoencoderKL(_FirstStageMixin, pl.LightningModule):
         self.manual_backward(aeloss)
         opt_ae.step()
         self.untoggle_optimizer(opt_ae)
-        self.log("aeloss", aeloss.detach(), prog_bar=True, on_step=True, on_epoch=True)
-        self.log_dict(log_ae, prog_bar=False, on_step=True, on_epoch=False)
+        bs = inputs.shape[0]  # stated: Lightning cannot infer it from the dict batch and warns
+        self.log("aeloss", aeloss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        self.log_dict(log_ae, prog_bar=False, on_step=True, on_epoch=False, batch_size=bs)
 
         if self._has_discriminator:
             opt_disc = opts[1]
@@ -140,8 +141,8 @@ class AutoencoderKL(_FirstStageMixin, pl.LightningModule):
             self.manual_backward(discloss)
             opt_disc.step()
             self.untoggle_optimizer(opt_disc)
-            self.log("discloss", discloss.detach(), prog_bar=True, on_step=True, on_epoch=True)
-            self.log_dict(log_disc, prog_bar=False, on_step=True, on_epoch=False)
+            self.log("discloss", discloss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+            self.log_dict(log_disc, prog_bar=False, on_step=True, on_epoch=False, batch_size=bs)
         return aeloss.detach()
 
     def validation_step(self, batch, batch_idx):
@@ -150,12 +151,13 @@ class AutoencoderKL(_FirstStageMixin, pl.LightningModule):
         step = self._loss_step()
         aeloss, log_ae = self.loss(inputs, reconstructions, posterior, 0, step,
                                    last_layer=self.get_last_layer(), split="val")
-        self.log("val/rec_loss", log_ae["val/rec_loss"])
-        self.log_dict(log_ae)
+        bs = inputs.shape[0]
+        self.log("val/rec_loss", log_ae["val/rec_loss"], batch_size=bs)
+        self.log_dict(log_ae, batch_size=bs)
         if self._has_discriminator:
             _, log_disc = self.loss(inputs, reconstructions, posterior, 1, step,
                                     last_layer=self.get_last_layer(), split="val")
-            self.log_dict(log_disc)
+            self.log_dict(log_disc, batch_size=bs)
         return log_ae
 
     def configure_optimizers(self):
@@ -167,10 +169,11 @@ class AutoencoderKL(_FirstStageMixin, pl.LightningModule):
         lr = DEFAULT_LEARNING_RATE if lr is None else lr
         ae_params = (list(self.encoder.parameters()) + list(self.decoder.parameters())
                      + list(self.quant_conv.parameters()) + list(self.post_quant_conv.parameters()))
-        opt_ae = torch.optim.Adam(ae_params, lr=lr, betas=(0.5, 0.9))
+        opt_ae = torch.optim.Adam(ae_params, lr=lr, betas=(0.5, 0.9), **fused_optimizer_kwargs(ae_params))
         if not self._has_discriminator:
             return opt_ae
-        opt_disc = torch.optim.Adam(self.loss.discriminator.parameters(), lr=lr, betas=(0.5, 0.9))
+        disc_params = list(self.loss.discriminator.parameters())
+        opt_disc = torch.optim.Adam(disc_params, lr=lr, betas=(0.5, 0.9), **fused_optimizer_kwargs(disc_params))
         return [opt_ae, opt_disc]
 
     # ----- logging -----

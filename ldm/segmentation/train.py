@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from utils.atomic import torch_save_atomic
+from utils.progress import report as report_progress
 
 LOSSES = ("focal", "ce_dice")
 
@@ -135,6 +136,7 @@ def train_segmenter(model: torch.nn.Module, train_set: Dataset, config: TrainCon
         step += 1
         running += loss.item()
         bar.update(1)
+        report_progress(step, config.steps)
         if step % config.log_every == 0 or step == config.steps:
             n = config.log_every if step % config.log_every == 0 else step % config.log_every
             history.append({"step": step, "loss": running / n, "lr": sched.get_last_lr()[0]})

@@ -211,3 +211,67 @@ class RNGStateCallback(pl.Callback):
         if self._outside_validation is not None:
             restore_rng_state(self._outside_validation)
             self._outside_validation = None
+
+
+class TrainingProgress(pl.Callback):
+    """Step progress for people and for parent processes, and the run's training speed.
+
+    - ``utils.progress.report`` after every step (a parent such as ``scripts/run_demo.py`` reads it
+      through ``FAST_PROGRESS_FILE``);
+    - ``lines=True`` (main.py sets it when stderr is not a terminal, where Lightning's bar would be a
+      wall of carriage returns in a log file): a plain line every ``every`` percent of the run;
+    - at the end, ``<logdir>/timing.json``: steps, seconds and steps/s of this process's training,
+      the rate measured after ``warmup`` steps (the first steps pay for lazy set-up and caches).
+    """
+
+    def __init__(self, logdir: str, lines: bool = False, every: int = 10, warmup: int = 5):
+        super().__init__()
+        self.logdir, self.lines, self.every, self.warmup = logdir, bool(lines), int(every), int(warmup)
+        self._t0 = self._tw = None
+        self._start = self._wstep = 0
+        self._next_pct = 0
+
+    def on_train_start(self, trainer, pl_module):
+        import time
+
+        self._t0 = time.perf_counter()
+        self._tw = None
+        self._start = int(trainer.global_step)
+        self._next_pct = self.every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import time
+
+        from utils.progress import eta, fmt_seconds, report
+
+        step, total = int(trainer.global_step), int(trainer.max_steps or 0)
+        now = time.perf_counter()
+        if self._tw is None and step - self._start >= self.warmup:
+            self._tw, self._wstep = now, step
+        if trainer.global_rank != 0 or total <= 0:
+            return
+        report(step, total)
+        pct = 100.0 * step / total
+        if self.lines and pct >= self._next_pct:
+            done = step - self._start
+            elapsed = now - self._t0
+            print(f"step {step}/{total} ({pct:.0f} %), {done / max(elapsed, 1e-9):.2f} steps/s, "
+                  f"ETA {fmt_seconds(eta(done, total - self._start, elapsed))}", flush=True)
+            while self._next_pct <= pct:
+                self._next_pct += self.every
+
+    def on_train_end(self, trainer, pl_module):
+        import json
+        import time
+
+        if trainer.global_rank != 0 or self._t0 is None:
+            return
+        now = time.perf_counter()
+        end = int(trainer.global_step)
+        timed = end - self._wstep if self._tw is not None else 0
+        doc = {"start_step": self._start, "end_step": end, "seconds": now - self._t0,
+               "steps_per_s": (end - self._start) / max(now - self._t0, 1e-9),
+               "steps_per_s_after_warmup": timed / (now - self._tw) if timed > 0 and now > self._tw else None,
+               "warmup_steps": self.warmup}
+        os.makedirs(self.logdir, exist_ok=True)
+        write_text_atomic(Path(self.logdir) / "timing.json", json.dumps(doc, indent=1) + "\n")

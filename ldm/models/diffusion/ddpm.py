@@ -11,17 +11,18 @@ What differs from CompVis LDM (deliberately):
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterable
+from typing import Iterable
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.models.diffusion.adaptor import FineTune  # noqa: F401  (official pickles name this path)
+from ldm.models.diffusion.latent_cache import PosteriorCache
 from ldm.models.diffusion.schedule import SCHEDULE_BUFFER_NAMES, NoiseSchedule
 from ldm.modules.ema import LitEma
-from ldm.models.diffusion.adaptor import FineTune  # noqa: F401  (official pickles name this path)
-from ldm.util import count_params, default, instantiate_from_config
+from ldm.util import count_params, default, fused_optimizer_kwargs, instantiate_from_config
 from utils.errors import UserError
 
 
@@ -305,7 +306,7 @@ class DDPM(pl.LightningModule):
         params = [p for p in self.trainable_parameters() if p.requires_grad]
         if not params:
             raise RuntimeError("no trainable parameters: everything is frozen (check unfreeze_model / configs)")
-        opt = torch.optim.AdamW(params, lr=lr)
+        opt = torch.optim.AdamW(params, lr=lr, **fused_optimizer_kwargs(params))
         if not self.use_scheduler:
             return opt
         scheduler = instantiate_from_config(self.scheduler_config)
@@ -353,7 +354,7 @@ class LatentDiffusion(DDPM):
                  cond_stage_forward: str | None = None, conditioning_key: str | None = None,
                  scale_factor: float = 1.0, scale_by_std: bool = False, personalization_config=None,
                  embedding_reg_weight: float = 0.0, unfreeze_model: bool | None = None, name_key: str = "name",
-                 *args, **kwargs):
+                 cache_latents: bool = False, cache_latents_max: int = 50_000, *args, **kwargs):
         self.num_timesteps_cond = default(num_timesteps_cond, 1)
         if self.num_timesteps_cond > 1:
             raise NotImplementedError("num_timesteps_cond > 1 (shortened conditioning schedule) is not supported")
@@ -375,6 +376,8 @@ class LatentDiffusion(DDPM):
             self.register_buffer("scale_factor", torch.tensor(scale_factor))
         self.instantiate_first_stage(first_stage_config)
         self.instantiate_cond_stage(cond_stage_config)
+        # per-image posterior of the frozen first stage (see latent_cache.py: exact in distribution)
+        self.latent_cache = PosteriorCache(cache_latents_max) if cache_latents else None
         self.cond_stage_forward = cond_stage_forward
         self.embedding_reg_weight = embedding_reg_weight
         self.embedding_manager = None
@@ -422,6 +425,12 @@ class LatentDiffusion(DDPM):
     @torch.no_grad()
     def encode_first_stage(self, x):
         return self.first_stage_model.encode(x)
+
+    def first_stage_posterior(self, x):
+        """``encode_first_stage(x)``, from the per-image cache when ``cache_latents`` is on."""
+        if self.latent_cache is None:
+            return self.encode_first_stage(x)
+        return self.latent_cache.posterior(x, self.encode_first_stage)
 
     @torch.no_grad()
     def encode_to_latent(self, x, sample: bool = False):
@@ -480,7 +489,7 @@ class LatentDiffusion(DDPM):
         if bs is not None:
             x = x[:bs]
         x = x.to(self.device)
-        z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach()
+        z = self.get_first_stage_encoding(self.first_stage_posterior(x)).detach()
         c = None
         xc = None
         if self.model.conditioning_key is not None:

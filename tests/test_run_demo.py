@@ -1,0 +1,112 @@
+"""The demo end to end at its smoke tier (every artifact, every report section), stage skipping on a
+rerun, and the stage runner's contract (logs, markers, failures). No timing asserts."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts.demo_stages import StageRunner, fingerprint
+from utils.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("## Stage times and peak memory", "## Segmentation on real held-out anomalies (%)", "## Pictures",
+            "## Sampler speed", "## Where to look")
+STAGES = ("build texture-ad", "train autoencoder", "train ldm", "train fast/brick+scratch",
+          "generate AIAS-10 brick+scratch", "compare seed 0")
+
+
+def _run_demo(out: Path) -> str:
+    cmd = [sys.executable, "scripts/run_demo.py", "--smoke", "--defects", "scratch", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    first = _run_demo(out)
+    return out, first
+
+
+def test_smoke_demo_writes_every_artifact_and_report_section(demo):
+    out, console = demo
+    report = (out / "report.md").read_text()
+    for section in SECTIONS:
+        assert section in report, section
+    doc = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in doc["stages"]] == list(STAGES)
+    assert all(s["seconds"] > 0 and s["peak_rss_mb"] > 0 for s in doc["stages"])
+    for synth in ("fast", "draem", "cutpaste", "normal"):
+        assert synth in doc["metrics"], synth
+        assert f"| {synth} |" in report
+    for rel in ("comparison/results.json", "comparison/results.md", "comparison/bars.png",
+                "generated/fast/brick/scratch/contact_sheet.png", "generated/fast/brick/scratch/synthesis.json",
+                "logs/autoencoder/checkpoints/last.ckpt", "logs/ldm/checkpoints/last.ckpt",
+                "logs/ldm/timing.json", "logs/fast/brick+scratch/checkpoints/embeddings.pt",
+                "logs/console/train_ldm.log", "stages/train_ldm.json"):
+        assert (out / rel).is_file(), rel
+    assert len(list((out / "generated/fast/brick/scratch/image").glob("*.png"))) == 4
+    assert "generated/fast/brick/scratch/contact_sheet.png" in report
+    assert "comparison/bars.png" in report
+    # the console: one final line per stage (plus a progress line a minute when it is not a terminal)
+    # and the summary; no framework noise (that is in the logs)
+    for stage in STAGES:
+        finals = [ln for ln in console.splitlines() if ln.strip().startswith(stage) and " done " in ln]
+        assert len(finals) == 1 and "peak" in finals[0], (stage, console)
+    for noise in ("Project config", "Warning", "LeafSpec", "litlogger", "Modules in eval mode"):
+        assert noise not in console, noise
+    assert "Project config" in (out / "logs/console/train_ldm.log").read_text()
+    assert "Report:" in console and "| fast |" in console
+
+
+def test_rerun_skips_every_finished_stage(demo):
+    out, _ = demo
+    before = (out / "logs/ldm/checkpoints/last.ckpt").stat().st_mtime_ns
+    console = _run_demo(out)
+    for stage in STAGES:
+        lines = [ln for ln in console.splitlines() if ln.strip().startswith(stage)]
+        assert len(lines) == 1 and "skipped" in lines[0], lines
+    assert (out / "logs/ldm/checkpoints/last.ckpt").stat().st_mtime_ns == before
+    assert all(s["skipped"] for s in json.loads((out / "report.json").read_text())["stages"])
+
+
+def _runner(tmp_path):
+    return StageRunner(tmp_path, stream=io.StringIO(), interactive=False, poll=0.05)
+
+
+def test_stage_runner_logs_marks_and_skips_only_with_same_settings(tmp_path):
+    r = _runner(tmp_path)
+    code = "import sys; print('hello from the child'); print('noise', file=sys.stderr)"
+    rec = r.run("say hello", [sys.executable, "-c", code], {"v": 1}, total=3, unit="things")
+    assert not rec.skipped and rec.peak_rss_mb > 0
+    log = (tmp_path / "logs/console/say_hello.log").read_text()
+    assert "hello from the child" in log and "noise" in log
+    assert "hello from the child" not in r.stream.getvalue()
+    marker = json.loads((tmp_path / "stages/say_hello.json").read_text())
+    assert marker["fingerprint"] == fingerprint({"v": 1})
+    assert r.run("say hello", [sys.executable, "-c", "raise SystemExit(3)"], {"v": 1}).skipped
+    assert not r.run("say hello", [sys.executable, "-c", "pass"], {"v": 2}).skipped     # settings changed
+    assert not r.run("say hello", [sys.executable, "-c", "pass"], {"v": 2}, done=lambda: False).skipped
+
+
+def test_stage_runner_failure_names_the_log_and_writes_no_marker(tmp_path):
+    r = _runner(tmp_path)
+    with pytest.raises(UserError, match="stage 'boom' failed .exit code 3.; full log: .*boom.log"):
+        r.run("boom", [sys.executable, "-c", "print('last words'); raise SystemExit(3)"], {})
+    assert "last words" in r.stream.getvalue()
+    assert not (tmp_path / "stages/boom.json").exists()
+
+
+def test_stage_runner_reads_child_progress(tmp_path):
+    r = StageRunner(tmp_path, stream=io.StringIO(), interactive=False, poll=0.05, line_every=0.0)
+    code = ("import time, os; from utils.progress import report\n"
+            "for i in range(1, 6):\n    report(i, 5, interval=0); time.sleep(0.15)\n")
+    r.run("count", [sys.executable, "-c", code], {}, total=5, cwd=ROOT)
+    text = r.stream.getvalue()
+    assert "/5 steps" in text and "ETA" in text
