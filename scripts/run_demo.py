@@ -75,6 +75,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation_samples", type=int, default=100,
                    help="--full: pairs per defect type in the sampler ablation (DDPM-1000 is 100x AIAS-10)")
     p.add_argument("--ablation_categories", default="brick", help="--full: textures of the ablations")
+    p.add_argument("--stage", action="store_true",
+                   help="also train STAGE per defect type (same backbone and budget), generate STAGE-10 pairs and "
+                        "add a 'stage' row to the comparison (always on with --full)")
     p.add_argument("--gpus", default=None, help="as main.py --gpus (default: CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per stage (0: one per core)")
     return p
@@ -91,6 +94,7 @@ def resolve(opt) -> str:
         if getattr(opt, k) < 1:
             raise UserError(f"--{k} must be >= 1, got {getattr(opt, k)}")
     opt.categories = list(TEXTURES) if opt.full else [opt.category]
+    opt.stage = bool(opt.stage or opt.full)
     if opt.category not in TEXTURES:
         raise UserError(f"--category must be one of {', '.join(TEXTURES)}, got '{opt.category}'")
     opt.defect_list = [d for d in opt.defects.split(",") if d]
@@ -156,15 +160,16 @@ class Demo:
                         done=lambda: trained(ckpt, steps))
         return ckpt
 
-    def fast(self, ldm: Path, category: str, defect: str) -> Path:
+    def fast(self, ldm: Path, category: str, defect: str, method: str = "fast") -> Path:
+        """Train one generator (``fast`` or ``stage``, same backbone, data and budget) per defect type."""
         from scripts.train_all import init_word_for
         from ldm.modules.encoders.tokenizer import load_bert_tokenizer
 
-        run = f"fast/{category}+{defect}"
+        run = f"{method}/{category}+{defect}"
         word = init_word_for(defect, load_bert_tokenizer("tiny"), "anomaly", "texture_ad", category)
         extra = ["--actual_resume", str(ldm), "--mvtec_path", str(self.data), "--category", category,
                  "--defect", defect, "--init_word", word or "anomaly"]
-        self.train(run, "configs/fast/texture-demo.yaml", self.opt.fast_steps,
+        self.train(run, f"configs/{method}/texture-demo.yaml", self.opt.fast_steps,
                    [f"data.params.train.params.root={self.data}"], extra)
         return self.out / "logs" / run / "checkpoints"
 
@@ -187,13 +192,15 @@ class Demo:
         return rec.as_dict()
 
     def compare(self, name: str, out: Path, categories: list[str], synths: str, seed: int,
-                fast_dir: Path | None, n: int) -> Path:
+                fast_dir: Path | None, n: int, stage_dir: Path | None = None) -> Path:
         cmd = py() + ["scripts/compare_synthesizers.py", "--dataset_root", str(self.data), "--layout", "mvtec",
                       "--categories", ",".join(categories), "--synthesizers", synths, "--mask_source", "real",
                       "--size", "64", "--n_samples", str(n), "--steps", str(self.opt.seg_steps),
                       "--seed", str(seed), "--out", str(out), "--quiet"]
         if fast_dir is not None:
             cmd += ["--fast_dir", str(fast_dir)]
+        if stage_dir is not None:
+            cmd += ["--stage_dir", str(stage_dir)]
         if self.opt.threads:
             cmd += ["--threads", str(self.opt.threads)]
         runs = len(categories) * len(synths.split(","))
@@ -209,6 +216,7 @@ class Demo:
             return min(runs * steps, finished * steps + cur_done), runs * steps
 
         settings = {"categories": categories, "synths": synths, "seed": seed, "fast": str(fast_dir), "n": n,
+                    "stage": str(stage_dir),
                     "seg_steps": steps, "fast_steps": self.opt.fast_steps, "ldm_steps": self.opt.ldm_steps}
         self.runner.run(name, cmd, settings, total=runs * steps, unit="segmenter steps", cwd=ROOT,
                         progress=progress, done=lambda: (out / "results.json").is_file())
@@ -230,11 +238,19 @@ def pipeline(opt, tier: str, runner: StageRunner) -> dict:
             runs[(cat, defect)] = demo.fast(ldm, cat, defect)
             gens.append(demo.generate(runs[(cat, defect)], cat, defect, gen_dir, opt.n_samples,
                                       steps=opt.aias_steps, label=f"AIAS-{opt.aias_steps}"))
+    stage_dir = demo.out / "generated" / "stage" if opt.stage else None
+    if opt.stage:  # STAGE on the same backbone, data, budget and masks: one more row of the table
+        for cat in opt.categories:
+            for defect in opt.defect_list:
+                gens.append(demo.generate(demo.fast(ldm, cat, defect, method="stage"), cat, defect, stage_dir,
+                                          opt.n_samples, sampler="stage", steps=opt.aias_steps,
+                                          label=f"STAGE-{opt.aias_steps}"))
+    synths = "fast,stage,draem,cutpaste,normal" if opt.stage else "fast,draem,cutpaste,normal"
     results = {}
     for seed in range(opt.seeds):
         sub = demo.out / "comparison" if opt.seeds == 1 else demo.out / "comparison" / f"seed-{seed}"
-        results[seed] = demo.compare(f"compare seed {seed}", sub, opt.categories, "fast,draem,cutpaste,normal",
-                                     seed, gen_dir, opt.n_samples)
+        results[seed] = demo.compare(f"compare seed {seed}", sub, opt.categories, synths, seed, gen_dir,
+                                     opt.n_samples, stage_dir)
     ablations = {}
     if opt.full:
         ablations = run_ablations(opt, demo, runs)

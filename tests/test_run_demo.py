@@ -17,11 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("## Stage times and peak memory", "## Segmentation on real held-out anomalies (%)", "## Pictures",
             "## Sampler speed", "## Where to look")
 STAGES = ("build texture-ad", "train autoencoder", "train ldm", "train fast/brick+scratch",
-          "generate AIAS-10 brick+scratch", "compare seed 0")
+          "generate AIAS-10 brick+scratch", "train stage/brick+scratch", "generate STAGE-10 brick+scratch",
+          "compare seed 0")
 
 
 def _run_demo(out: Path) -> str:
-    cmd = [sys.executable, "scripts/run_demo.py", "--smoke", "--defects", "scratch", "--out", str(out)]
+    cmd = [sys.executable, "scripts/run_demo.py", "--smoke", "--stage", "--defects", "scratch", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -42,14 +43,15 @@ def test_smoke_demo_writes_every_artifact_and_report_section(demo):
     doc = json.loads((out / "report.json").read_text())
     assert [s["name"] for s in doc["stages"]] == list(STAGES)
     assert all(s["seconds"] > 0 and s["peak_rss_mb"] > 0 for s in doc["stages"])
-    for synth in ("fast", "draem", "cutpaste", "normal"):
+    for synth in ("fast", "stage", "draem", "cutpaste", "normal"):
         assert synth in doc["metrics"], synth
         assert f"| {synth} |" in report
     for rel in ("comparison/results.json", "comparison/results.md", "comparison/bars.png",
                 "generated/fast/brick/scratch/contact_sheet.png", "generated/fast/brick/scratch/synthesis.json",
                 "logs/autoencoder/checkpoints/last.ckpt", "logs/ldm/checkpoints/last.ckpt",
                 "logs/ldm/timing.json", "logs/fast/brick+scratch/checkpoints/embeddings.pt",
-                "logs/console/train_ldm.log", "stages/train_ldm.json"):
+                "logs/console/train_ldm.log", "stages/train_ldm.json",
+                "generated/stage/brick/scratch/provenance.json", "logs/stage/brick+scratch/checkpoints/embeddings.pt"):
         assert (out / rel).is_file(), rel
     assert len(list((out / "generated/fast/brick/scratch/image").glob("*.png"))) == 4
     assert "generated/fast/brick/scratch/contact_sheet.png" in report
