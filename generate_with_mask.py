@@ -18,8 +18,6 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 from utils.cli import ArgumentParser  # noqa: E402
 
 SAMPLERS = ("aias", "ddpm", "ddim", "plms", "stage")
@@ -110,7 +108,12 @@ def main(argv=None) -> dict:
     return generate_pairs(options(argv))
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """Console entry point (``pip install -e .`` installs it)."""
     from utils.cli import run_cli
 
-    sys.exit(run_cli("generate_with_mask.py", lambda: main() and 0))
+    return run_cli("generate_with_mask.py", lambda: main() and 0)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

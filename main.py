@@ -19,8 +19,6 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
@@ -229,8 +227,7 @@ def run(argv: list[str] | None = None):
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
-    from ldm.trainer.callbacks import (ArtifactExporter, ImageLogger, RNGStateCallback, SetupCallback,
-                                       TrainingProgress)
+    from ldm.trainer.callbacks import ArtifactExporter, ImageLogger, RNGStateCallback, SetupCallback, TrainingProgress
     from ldm.trainer.devices import parse_gpus
     from ldm.util import instantiate_from_config
 
@@ -331,7 +328,12 @@ def _has_test(model, data) -> bool:
     return overrides_test and getattr(data, "has_test", False)
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """Console entry point (``pip install -e .`` installs it)."""
     from utils.cli import run_cli
 
-    sys.exit(run_cli("main.py", main))
+    return run_cli("main.py", main)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

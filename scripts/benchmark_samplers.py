@@ -45,14 +45,13 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from utils.cli import ArgumentParser  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from ldm.models.diffusion.samplers import SAMPLERS, BatchRNG  # noqa: E402
 from utils.atomic import write_text_atomic  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 JSON_KEYS = ("sampler", "nfe", "seconds_per_image", "overhead", "speedup_vs_ddpm1000")

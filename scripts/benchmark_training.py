@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
@@ -171,7 +170,7 @@ def main(argv=None) -> int:
         if opt.lightning:
             for kind in ("ldm", "fast"):
                 rows[f"{kind}/lightning"] = time_lightning(kind, data_root, opt.steps + 5, Path(tmp) / "runs")
-    print(f"\n| variant | median step (ms) | steps/s |\n|---|---|---|")
+    print("\n| variant | median step (ms) | steps/s |\n|---|---|---|")
     for r in rows.values():
         print(f"| {r['variant']} | {1000 * r['median_step_s']:.1f} | {r['steps_per_s']:.2f} |")
     summary = {}

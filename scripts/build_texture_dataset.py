@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils.cli import ArgumentParser  # noqa: E402
 from ldm.data.texture_ad import DEFECT_RENDERERS, FAMILIES, TEXTURES, build_texture_ad  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 EPILOG = """\
 Source images: scikit-image's bundled brick (CC0Textures "Bricks25"), grass ("Grass-01") and

@@ -23,8 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from ldm.data.layouts import index_category, list_categories  # noqa: E402
 from ldm.segmentation.data import EVAL_SET_DESCRIPTION, EvaluationSet, scan_pairs  # noqa: E402
 from ldm.segmentation.leakage import check_leakage  # noqa: E402

@@ -20,10 +20,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from utils.cli import ArgumentParser  # noqa: E402
 from ldm.export import FORMATS, ExportOptions, export_pairs  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 
 def _names(text):

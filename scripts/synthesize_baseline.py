@@ -11,16 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils.cli import ArgumentParser  # noqa: E402
 from ldm.data.layouts import SPLIT_MODES, index_category  # noqa: E402
 from ldm.synthesizers import METHODS  # noqa: E402
 from ldm.synthesizers.common import MASK_SOURCES, synthesize_baseline  # noqa: E402
 from ldm.synthesizers.cutpaste import VARIANTS  # noqa: E402
 from ldm.synthesizers.quality import folder_quality  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.metrics import jsonable  # noqa: E402
 

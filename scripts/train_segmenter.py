@@ -13,9 +13,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils.cli import ArgumentParser  # noqa: E402
 import torch  # noqa: E402
 
 from ldm.data.layouts import SPLIT_MODES, index_category  # noqa: E402
@@ -23,6 +20,7 @@ from ldm.segmentation import ARCHS  # noqa: E402
 from ldm.segmentation.data import EvaluationSet, scan_pairs  # noqa: E402
 from ldm.segmentation.train import LOSSES, TrainConfig, fit_and_evaluate  # noqa: E402
 from utils.atomic import write_text_atomic  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.contact_sheet import prediction_sheet  # noqa: E402
 from utils.errors import InputNotFound, UserError  # noqa: E402
 from utils.metrics import METRIC_KEYS, METRIC_LABELS, jsonable  # noqa: E402
