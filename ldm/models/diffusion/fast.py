@@ -21,7 +21,6 @@ import torch.nn.functional as F
 
 from ldm.models.diffusion.adaptor import apply_adaptor, build_adaptor
 from ldm.models.diffusion.artifacts import available_steps
-from ldm.models.diffusion.ddpm import DDPM
 from ldm.models.diffusion.latent_mask import latent_mask, rescued_latent_masks  # noqa: F401  (public here too)
 from ldm.models.diffusion.masked import MaskedLatentDiffusion
 from ldm.util import default, instantiate_from_config
@@ -135,24 +134,6 @@ class FAST(MaskedLatentDiffusion):
                            device=z_bg.device, dtype=z_bg.dtype)
         decoded = self.decode_first_stage(z).clamp(-1.0, 1.0)
         return paste(decoded, images, masks)
-
-    @torch.no_grad()
-    def log_images(self, batch, N: int = 8, sample: bool = True, ddim_steps: int = 20, **kwargs):
-        """Inputs, masks and AIAS samples generated on the batch's own images and masks."""
-        from ldm.models.diffusion.samplers import build_sampler
-        from ldm.models.diffusion.samplers.rng import BatchRNG
-
-        x = DDPM.get_input(self, batch, self.first_stage_key)[:N].to(self.device)
-        masks = batch[self.mask_key][:N].to(self.device).float()
-        log = {"inputs": x, "masks": masks[:, None].expand(-1, 3, -1, -1) * 2 - 1}
-        if sample:
-            raw = self.get_raw_conditioning(batch, bs=x.shape[0])
-            captions = raw["caption"] if isinstance(raw, dict) else raw
-            names = raw.get("name") if isinstance(raw, dict) else None
-            sampler = build_sampler("aias", self.schedule, steps=ddim_steps)
-            rng = BatchRNG(list(range(x.shape[0])))
-            log["samples"] = self.generate(x, masks[:, None], captions, names, sampler, rng)
-        return log
 
 
 def available_artifact_steps(dirpath: str | os.PathLike) -> list[int]:

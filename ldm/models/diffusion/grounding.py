@@ -33,7 +33,7 @@ import torch
 
 from ldm.data.mixed import mix_batch, normal_count
 from ldm.models.diffusion.artifacts import available_steps
-from ldm.models.diffusion.ddpm import DDPM, LatentDiffusion
+from ldm.models.diffusion.ddpm import LatentDiffusion
 from ldm.models.diffusion.latent_mask import latent_mask
 from ldm.models.diffusion.masked import MaskedLatentDiffusion
 from ldm.modules.grounding import SpatialConditioning, install_gsm, install_lora
@@ -271,22 +271,8 @@ class GroundingAnomaly(MaskedLatentDiffusion):
         decoded = self.decode_first_stage(z).clamp(-1.0, 1.0)
         return paste(decoded, images, region) if do_paste else decoded
 
-    @torch.no_grad()
-    def log_images(self, batch, N: int = 8, sample: bool = True, ddim_steps: int = 20, **kwargs):
-        """Inputs, masks and NDI + AIAS samples on the batch's own images and masks."""
-        from ldm.models.diffusion.samplers.rng import BatchRNG
-
-        x = DDPM.get_input(self, batch, self.first_stage_key)[:N].to(self.device)
-        masks = batch[self.mask_key][:N].to(self.device).float()
-        log = {"inputs": x, "masks": masks[:, None].expand(-1, 3, -1, -1) * 2 - 1}
-        if sample:
-            raw = self.get_raw_conditioning(batch, bs=x.shape[0])
-            captions = raw["caption"] if isinstance(raw, dict) else raw
-            names = list(batch[self.name_key])[:x.shape[0]]
-            sampler = self.make_sampler("aias", max(int(ddim_steps), 3))
-            log["samples"] = self.generate(x, masks[:, None], captions, names, sampler,
-                                           BatchRNG(list(range(x.shape[0]))))
-        return log
+    def log_sampler_steps(self, steps: int) -> int:
+        return max(int(steps), 3)  # NDI + AIAS needs at least one segment and the two refinement steps
 
     # ------------------------------------------------------------------ artifacts
     def load_artifacts(self, dirpath, step: int) -> None:

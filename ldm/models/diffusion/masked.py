@@ -20,6 +20,12 @@ from utils.errors import UserError
 
 
 class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
+    LOG_SAMPLER = "aias"  # the sampler of the training image grids (``log_images``)
+
+    def log_sampler_steps(self, steps: int) -> int:
+        """Network calls for the training image grids (a subclass may need a minimum)."""
+        return int(steps)
+
     def __init__(self, *args, mask_key: str = "mask", mask_threshold: float = 0.5, **kwargs):
         kwargs.setdefault("parameterization", "eps")
         if kwargs["parameterization"] != "eps":
@@ -41,6 +47,26 @@ class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
         if self.mask_key not in batch:
             raise KeyError(f"{type(self).__name__} needs the batch key '{self.mask_key}' (anomaly masks)")
         return latent_mask(batch[self.mask_key].to(self.device), size, self.mask_threshold)
+
+    @torch.no_grad()
+    def log_images(self, batch, N: int = 8, sample: bool = True, ddim_steps: int = 20, **kwargs):
+        """Inputs, masks and samples generated on the batch's own images and masks (``generate``)."""
+        from ldm.models.diffusion.ddpm import DDPM
+        from ldm.models.diffusion.samplers.rng import BatchRNG
+
+        x = DDPM.get_input(self, batch, self.first_stage_key)[:N].to(self.device)
+        masks = batch[self.mask_key][:N].to(self.device).float()
+        if masks.ndim == 4:
+            masks = masks[:, 0]
+        log = {"inputs": x, "masks": masks[:, None].expand(-1, 3, -1, -1) * 2 - 1}
+        if sample:
+            raw = self.get_raw_conditioning(batch, bs=x.shape[0])
+            captions = raw["caption"] if isinstance(raw, dict) else raw
+            names = list(batch[self.name_key])[:x.shape[0]] if self.name_key in batch else None
+            sampler = self.make_sampler(self.LOG_SAMPLER, self.log_sampler_steps(ddim_steps))
+            log["samples"] = self.generate(x, masks[:, None], captions, names, sampler,
+                                           BatchRNG(list(range(x.shape[0]))))
+        return log
 
     def shared_step(self, batch, **kwargs):
         z, c = self.get_input(batch, self.first_stage_key)

@@ -26,7 +26,7 @@ import torch
 
 from ldm.models.diffusion.adaptor import MGA, apply_adaptor, build_adaptor
 from ldm.models.diffusion.artifacts import available_steps
-from ldm.models.diffusion.ddpm import DDPM, LatentDiffusion
+from ldm.models.diffusion.ddpm import LatentDiffusion
 from ldm.models.diffusion.latent_mask import latent_mask
 from ldm.models.diffusion.masked import MaskedLatentDiffusion
 from ldm.models.diffusion.samplers.stage import OFFICIAL_WINDOWS, STAGESampler, explicit_mask
@@ -193,26 +193,11 @@ class STAGE(MaskedLatentDiffusion):
         decoded = self.decode_first_stage(z).clamp(-1.0, 1.0)
         return paste(decoded, images, masks) if do_paste else decoded
 
-    @torch.no_grad()
-    def log_images(self, batch, N: int = 8, sample: bool = True, ddim_steps: int = 20, **kwargs):
-        """Inputs, masks and accelerated STAGE samples on the batch's own images and masks."""
-        from ldm.models.diffusion.samplers.rng import BatchRNG
+    LOG_SAMPLER = "stage"
 
-        x = DDPM.get_input(self, batch, self.first_stage_key)[:N].to(self.device)
-        masks = batch[self.mask_key][:N].to(self.device).float()
-        if masks.ndim == 4:
-            masks = masks[:, 0]
-        log = {"inputs": x, "masks": masks[:, None].expand(-1, 3, -1, -1) * 2 - 1}
-        if sample:
-            raw = self.get_raw_conditioning(batch, bs=x.shape[0])
-            captions = raw["caption"] if isinstance(raw, dict) else raw
-            names = raw.get("name") if isinstance(raw, dict) else None
-            # the aligned grid needs one segment per branch interval (at most 2·windows + 1)
-            steps = max(int(ddim_steps), 2 * len(self.windows) + 1)
-            sampler = self.make_sampler("stage", steps)
-            rng = BatchRNG(list(range(x.shape[0])))
-            log["samples"] = self.generate(x, masks[:, None], captions, names, sampler, rng)
-        return log
+    def log_sampler_steps(self, steps: int) -> int:
+        # the aligned grid needs one segment per branch interval (at most 2·windows + 1)
+        return max(int(steps), 2 * len(self.windows) + 1)
 
 
 def available_artifact_steps(dirpath: str | os.PathLike) -> list[int]:
