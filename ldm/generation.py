@@ -345,7 +345,7 @@ def to_model_size(item: dict, size: int, margin: float) -> tuple[dict, tuple | N
     from ldm.data.io import resize_mask, to_uint8
     from ldm.data.placement import window_around
 
-    if item["image"].shape[:2] == (size, size) and not item.get("native"):
+    if item["image"].shape[:2] == (size, size):
         return item, None
     top, left, h, w = window_around(item["mask"], size, margin)
     crop = to_uint8(item["image"][top:top + h, left:left + w])

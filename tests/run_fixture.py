@@ -55,3 +55,19 @@ def gen_args(data: Path, ckdir: Path, out: Path, *extra, anomaly: str = "scratch
     return ["--data_root", str(data), "--sample_name", "brick", "--anomaly_name", anomaly, "--pt_path", str(ckdir),
             "--mask_path", str(data / "brick" / "ground_truth" / anomaly), "--outdir", str(out),
             "--steps", "4", "--n_samples", "5", "--no_progress", "--device", "cpu", *extra]
+
+
+def backbone_ckpt_from_config(config_path: str, path: Path) -> Path:
+    """A random "stage-2 LDM" checkpoint with exactly the backbone of a shipped synthesizer config, for
+    ``main.py --actual_resume`` in tests."""
+    from omegaconf import OmegaConf
+
+    full = OmegaConf.to_container(OmegaConf.load(config_path).model.params)
+    backbone_keys = ("linear_start", "linear_end", "timesteps", "first_stage_key", "cond_stage_key", "image_size",
+                     "channels", "cond_stage_trainable", "conditioning_key", "use_ema", "monitor", "unet_config",
+                     "first_stage_config", "cond_stage_config")
+    params = {k: v for k, v in full.items() if k in backbone_keys}
+    torch.manual_seed(0)
+    ldm = instantiate_from_config({"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": params})
+    torch.save({"state_dict": ldm.state_dict()}, path)
+    return path

@@ -15,6 +15,7 @@ from ldm.models.diffusion.samplers.rng import BatchRNG
 from ldm.modules.grounding import SpatialConditioning
 from ldm.modules.grounding.gsm import transformer_blocks
 from ldm.util import instantiate_from_config
+from tests.run_fixture import backbone_ckpt_from_config
 from tests.tiny_configs import UNET, ldm_config
 from tests.tiny_configs import grounding_config as tiny_grounding_config
 from utils.errors import UserError
@@ -297,16 +298,7 @@ def test_artifacts_export_reload_and_generate_contract(backbone_ckpt, tmp_path):
 
 # ----------------------------------------------------------------------------- main.py with the shipped config
 def test_main_trains_the_texture_demo_config(texture_data, tmp_path):
-    from omegaconf import OmegaConf
-
-    full = OmegaConf.to_container(OmegaConf.load("configs/grounding/texture-demo.yaml").model.params)
-    backbone_keys = ("linear_start", "linear_end", "timesteps", "first_stage_key", "cond_stage_key", "image_size",
-                     "channels", "cond_stage_trainable", "conditioning_key", "use_ema", "monitor", "unet_config",
-                     "first_stage_config", "cond_stage_config")
-    params = {k: v for k, v in full.items() if k in backbone_keys}  # the stage-2 LDM of the demo
-    torch.manual_seed(0)
-    ldm = instantiate_from_config({"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": params})
-    torch.save({"state_dict": ldm.state_dict()}, tmp_path / "ldm.ckpt")
+    ckpt = backbone_ckpt_from_config("configs/grounding/texture-demo.yaml", tmp_path / "ldm.ckpt")
     trainer, model = main_mod.run(["--base", "configs/grounding/texture-demo.yaml", "-t", "--actual_resume",
                                    str(tmp_path / "ldm.ckpt"), "--mvtec_path",
                                    str(texture_data / "brick" / "ground_truth" / "scratch") + "/", "--init_word",
@@ -318,7 +310,7 @@ def test_main_trains_the_texture_demo_config(texture_data, tmp_path):
     for name in ("embeddings_gs-2.pt", "scm-2.pt", "gsm-2.pt", "lora-2.pt", "last.ckpt"):
         assert (ckdir / name).is_file(), name
     sd = model.state_dict()
-    for k, v in ldm.state_dict().items():
+    for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items():
         if k.startswith(BACKBONE):
             assert torch.equal(sd[k].cpu(), v), k
 

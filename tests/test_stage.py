@@ -15,6 +15,7 @@ from ldm.models.diffusion.samplers.stage import STAGESampler, explicit_mask, sta
 from ldm.models.diffusion.schedule import NoiseSchedule
 from ldm.models.diffusion.stage import available_artifact_steps
 from ldm.util import instantiate_from_config
+from tests.run_fixture import backbone_ckpt_from_config
 from tests.tiny_configs import stage_config as tiny_stage_config
 
 SCH = NoiseSchedule.from_config("linear", 1000, 0.00085, 0.012)
@@ -369,16 +370,7 @@ def test_artifacts_use_official_names_and_reload(model, tmp_path):
 def test_main_trains_the_texture_demo_config(tmp_path):
     data = tmp_path / "texture-ad"
     build_texture_ad(data, size=64, train_good=2, test_good=1, per_defect=6, textures=["brick"], defects=["scratch"])
-    from omegaconf import OmegaConf
-
-    full = OmegaConf.to_container(OmegaConf.load("configs/stage/texture-demo.yaml").model.params)
-    backbone_keys = ("linear_start", "linear_end", "timesteps", "first_stage_key", "cond_stage_key", "image_size",
-                     "channels", "cond_stage_trainable", "conditioning_key", "use_ema", "monitor", "unet_config",
-                     "first_stage_config", "cond_stage_config")
-    params = {k: v for k, v in full.items() if k in backbone_keys}  # the stage-2 LDM of the demo
-    torch.manual_seed(0)
-    ldm = instantiate_from_config({"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": params})
-    torch.save({"state_dict": ldm.state_dict()}, tmp_path / "ldm.ckpt")
+    ckpt = backbone_ckpt_from_config("configs/stage/texture-demo.yaml", tmp_path / "ldm.ckpt")
     trainer, stage = main_mod.run(["--base", "configs/stage/texture-demo.yaml", "-t", "--actual_resume",
                                    str(tmp_path / "ldm.ckpt"), "--mvtec_path",
                                    str(data / "brick" / "ground_truth" / "scratch") + "/", "--init_word", "scratch",
@@ -389,6 +381,6 @@ def test_main_trains_the_texture_demo_config(tmp_path):
     for name in ("embeddings_gs-2.pt", "fine_image-2.pt", "fine_mask-2.pt", "last.ckpt"):
         assert (ckdir / name).is_file(), name
     sd = stage.state_dict()
-    for k, v in ldm.state_dict().items():
+    for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items():
         if k.startswith("model.diffusion_model."):
             assert torch.equal(sd[k].cpu(), v), k

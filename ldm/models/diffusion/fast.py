@@ -14,13 +14,10 @@ trains the UNet (small from-scratch backbones).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
 from ldm.models.diffusion.adaptor import apply_adaptor, build_adaptor
-from ldm.models.diffusion.artifacts import available_steps
 from ldm.models.diffusion.latent_mask import latent_mask, rescued_latent_masks  # noqa: F401  (public here too)
 from ldm.models.diffusion.masked import MaskedLatentDiffusion
 from ldm.util import default, instantiate_from_config
@@ -136,6 +133,5 @@ class FAST(MaskedLatentDiffusion):
         return paste(decoded, images, masks)
 
 
-def available_artifact_steps(dirpath: str | os.PathLike) -> list[int]:
-    """Steps for which ``FARM-{step}.pt`` exists (the unit of ``--weight_idx``)."""
-    return available_steps(dirpath, "FARM")
+# the steps --weight_idx accepts (the class knows its artifact prefixes)
+available_artifact_steps = FAST.artifact_steps

@@ -26,13 +26,11 @@ outside the mask exactly. Artifacts: ``scm-{N}.pt``, ``gsm-{N}.pt``, ``lora-{N}.
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional, Sequence
 
 import torch
 
 from ldm.data.mixed import mix_batch, normal_count
-from ldm.models.diffusion.artifacts import available_steps
 from ldm.models.diffusion.ddpm import LatentDiffusion
 from ldm.models.diffusion.latent_mask import latent_mask
 from ldm.models.diffusion.masked import MaskedLatentDiffusion
@@ -301,6 +299,5 @@ def _context_dim(unet) -> int:
     raise UserError("GroundingAnomaly needs a UNet with spatial transformers (use_spatial_transformer: true)")
 
 
-def available_artifact_steps(dirpath: str | os.PathLike) -> list[int]:
-    """Steps for which ``scm-{step}.pt`` exists (the unit of ``--weight_idx``)."""
-    return available_steps(dirpath, "scm")
+# the steps --weight_idx accepts (the class knows its artifact prefixes)
+available_artifact_steps = GroundingAnomaly.artifact_steps

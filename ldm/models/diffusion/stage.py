@@ -20,12 +20,9 @@ DDPM; accelerated: exact closed-form segments). Artifacts: ``embeddings_gs-{N}.p
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ldm.models.diffusion.adaptor import MGA, apply_adaptor, build_adaptor
-from ldm.models.diffusion.artifacts import available_steps
 from ldm.models.diffusion.ddpm import LatentDiffusion
 from ldm.models.diffusion.latent_mask import latent_mask
 from ldm.models.diffusion.masked import MaskedLatentDiffusion
@@ -200,6 +197,5 @@ class STAGE(MaskedLatentDiffusion):
         return max(int(steps), 2 * len(self.windows) + 1)
 
 
-def available_artifact_steps(dirpath: str | os.PathLike) -> list[int]:
-    """Steps for which ``fine_image-{step}.pt`` exists (the unit of ``--weight_idx``)."""
-    return available_steps(dirpath, "fine_image")
+# the steps --weight_idx accepts (the class knows its artifact prefixes)
+available_artifact_steps = STAGE.artifact_steps
