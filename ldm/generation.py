@@ -75,17 +75,10 @@ class GenerationOptions:
     extra: dict = field(default_factory=dict)  # model-specific sampler options (e.g. STAGE windows)
 
 
-@dataclass
-class TrainedRun:
-    """A generator ready to sample: the model with its artifacts loaded, and what it was trained on."""
+class TrainSettings:
+    """What a run was trained on, read from its saved ``data.params.train.params`` (``self.train``),
+    with the loaders' defaults."""
 
-    model: Any
-    config: Any
-    config_path: Path
-    pt_path: Path
-    step: int
-    ckpt: Path
-    name: str
     train: dict
 
     @property
@@ -99,6 +92,20 @@ class TrainedRun:
     @property
     def anomaly_split(self) -> str:
         return str(self.train.get("anomaly_split", "third"))
+
+
+@dataclass
+class TrainedRun(TrainSettings):
+    """A generator ready to sample: the model with its artifacts loaded, and what it was trained on."""
+
+    model: Any
+    config: Any
+    config_path: Path
+    pt_path: Path
+    step: int
+    ckpt: Path
+    name: str
+    train: dict
 
 
 # ------------------------------------------------------------------------------------------ model build

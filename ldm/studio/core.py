@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from ldm.generation import TrainSettings
 from utils.errors import InputNotFound, UserError
 
 SAMPLERS = ("aias", "ddim", "plms", "ddpm")
@@ -30,8 +31,8 @@ UPLOADS = ".studio-uploads"  # hidden: pairs-folder readers (ldm.export) skip do
 
 # ---------------------------------------------------------------------------------------------- runs
 @dataclass
-class RunInfo:
-    """A trained run folder the studio can generate with."""
+class RunInfo(TrainSettings):
+    """A trained run folder the studio can generate with (size/layout from ``TrainSettings``)."""
 
     key: str               # "<category>+<defect>" (unique among the runs found)
     run_dir: Path
@@ -40,14 +41,6 @@ class RunInfo:
     defect: str
     steps: list
     train: dict            # data.params.train.params of the saved config
-
-    @property
-    def size(self) -> int:
-        return int(self.train.get("size", 256))
-
-    @property
-    def layout(self) -> str:
-        return str(self.train.get("layout", "mvtec"))
 
 
 def run_dir_of(path) -> Path:
