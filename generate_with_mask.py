@@ -61,8 +61,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask_model", default=None, help="mask run's checkpoints/ folder (--mask_source generated)")
     p.add_argument("--mask_weight_idx", type=int, default=None, help="N of mask_ti-N.pt (default: the latest)")
     p.add_argument("--mask_steps", type=int, default=50, help="sampling steps of the mask model")
-    p.add_argument("--no_ndi", action="store_true",
-                   help="GroundingAnomaly: start from pure noise instead of the noised normal image")
+    p.add_argument("--ndi", choices=("on", "off"), default="on",
+                   help="GroundingAnomaly's NDI: on = start from the normal image noised to the model's t_start, "
+                        "off = from pure noise (the w/o-NDI ablation; not with --t_start)")
     p.add_argument("--layout", default=None, help="dataset layout of --data_root / --mask_path (default: the run's)")
     p.add_argument("--prompt", default="Anomaly *", help="caption; '*' is replaced by the learned embeddings")
     p.add_argument("--foreground", choices=("auto", "on", "off"), default="auto",
@@ -97,7 +98,7 @@ def options(argv=None):
         farm_mode=a.farm_mode, writeback=a.writeback, t_start=a.t_start, prompt=a.prompt, foreground=a.foreground,
         fg_dir=a.fg_dir, fg_min_share=a.fg_min_share, native=a.native, native_margin=a.native_margin,
         pairs_csv=a.pairs_csv, mask_model=a.mask_model, mask_weight_idx=a.mask_weight_idx,
-        mask_steps=a.mask_steps, extra={"ndi": False} if a.no_ndi else {}, n_samples=a.n_samples,
+        mask_steps=a.mask_steps, ndi=a.ndi == "on", n_samples=a.n_samples,
         batch_size=a.batch_size, seed=a.seed, device=a.device, progress=not a.no_progress,
         rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
 

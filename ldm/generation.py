@@ -58,6 +58,7 @@ class GenerationOptions:
     farm_mode: str = "input"
     writeback: str = "window"
     t_start: Optional[int] = None
+    ndi: bool = True                        # off: an NDI model (GroundingAnomaly) starts from pure noise
     prompt: str = "Anomaly *"
     foreground: str = "auto"                # keep masks on the object: auto (object categories), on, off
     fg_dir: Optional[str] = None            # a foreground mask per normal image (default: Otsu)
@@ -450,6 +451,7 @@ def pixel_settings(run: TrainedRun, opt: GenerationOptions, split: str, layout: 
             "sampler": opt.sampler, "steps": opt.steps, "kernel": opt.kernel, "refine_steps": opt.refine_steps,
             "eta": opt.eta, "farm_mode": opt.farm_mode, "writeback": opt.writeback,
             "t_start": getattr(sampler, "t_start", opt.t_start),  # the model's NDI default when not given
+            "ndi": opt.ndi if has_ndi(run.model) else None,
             "mask_source": opt.mask_source, "mask_split": split, "mask_path": resolve(opt.mask_path),
             "data_root": resolve(opt.data_root), "layout": layout, "prompt": opt.prompt, "seed": opt.seed,
             "size": size, "init_word": opt.init_word, "extra": dict(opt.extra),
@@ -474,9 +476,20 @@ def _mask_model_identity(opt: GenerationOptions):
             "weights": file_fingerprint(weights) if weights.is_file() else None}
 
 
+def has_ndi(model) -> bool:
+    """Whether the model starts sampling from the noised normal image by default (GroundingAnomaly's NDI,
+    ``ndi_t_start``), so that ``ndi=False`` means something to its ``make_sampler``."""
+    return hasattr(model, "ndi_t_start")
+
+
 def make_sampler(run: TrainedRun, opt: GenerationOptions):
     """The sampler for ``opt`` (the model's own ``make_sampler`` when it has one, e.g. STAGE)."""
     kw = dict(opt.extra)
+    if not opt.ndi:
+        if not has_ndi(run.model):
+            raise UserError(f"--ndi off: {type(run.model).__name__} has no NDI (it starts from pure noise "
+                            "unless --t_start is given)")
+        kw["ndi"] = False
     if opt.sampler == "aias":
         kw.update(refine_steps=opt.refine_steps, kernel=opt.kernel, t_start=opt.t_start)
         return _make(run, "aias", opt.steps, kw)
@@ -517,6 +530,8 @@ def validate(opt: GenerationOptions) -> None:
         raise UserError(f"--steps must be >= 1, got {opt.steps}")
     if opt.seed < 0:
         raise UserError(f"--seed must be >= 0, got {opt.seed}")
+    if not opt.ndi and opt.t_start is not None:
+        raise UserError(f"--ndi off starts from pure noise: it cannot be combined with --t_start {opt.t_start}")
     if not 0.0 < opt.fg_min_share <= 1.0:
         raise UserError(f"--fg_min_share must lie in (0, 1], got {opt.fg_min_share}")
     if opt.native_margin < 0:
@@ -578,7 +593,9 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
     sampler = make_sampler(run, opt)
     if opt.rank == 0:
         check_manifest(writer.root, pixel_settings(run, opt, split, layout, size, sampler))
-        write_provenance(writer.root, provenance(run, opt, split, masks))
+        prov = provenance(run, opt, split, masks)
+        prov["first_stage_round_trip"] = check_first_stage(run, inputs, size, opt, log)
+        write_provenance(writer.root, prov)
     mine = range(opt.rank, opt.n_samples, opt.world_size)
     todo = [n for n in mine if not writer.done(n)]
     latent = int(run.model.image_size)
@@ -617,6 +634,31 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
     return {"out": str(writer.root), "written": len(todo), "skipped": len(mine) - len(todo), "step": run.step,
             "nfe": sampler.nfe, "seconds": time.perf_counter() - t0, "kept_alive": kept_alive,
             "sampler": opt.sampler, "placements": placements}
+
+
+def check_first_stage(run: TrainedRun, inputs, size: int, opt: GenerationOptions, log=print,
+                      count: int = 16) -> dict:
+    """``decode(encode(x))`` on up to ``count`` distinct normal images (``ldm.first_stage_check``); warns
+    when the autoencoder would put its own error into every defect."""
+    import torch
+
+    from ldm.first_stage_check import round_trip, verdict
+
+    seen, images = set(), []
+    for n in range(min(opt.n_samples, len(inputs))):
+        item = inputs[n]
+        if item["normal_path"] in seen:
+            continue
+        seen.add(item["normal_path"])
+        images.append(to_model_size(item, size, opt.native_margin)[0]["image"])
+        if len(images) == count:
+            break
+    with torch.inference_mode():
+        stats = round_trip(run.model, images)
+    warning = verdict(stats)
+    if warning:
+        log(f"[generate] warning: {warning}")
+    return stats
 
 
 def write_contact_sheet(writer, n_samples: int, count: int = 16):

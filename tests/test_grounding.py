@@ -1,13 +1,20 @@
 """GroundingAnomaly: GSM and LoRA leave the backbone exact at initialisation, the semantic map, MNT,
-NDI, the training step, artifacts, main.py with the shipped config, and mask textual inversion."""
+NDI, the training step, artifacts, main.py with the shipped config, the paper's three ablations
+(binary map, w/o GSM, w/o NDI) and mask textual inversion."""
+import json
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
+import generate_with_mask as gen
 import main as main_mod
 from ldm.data.generated_masks import DefectMasksDataset, GeneratedMasks
 from ldm.data.mixed import MixedNormalAnomalyDataset, mix_batch, normal_count
 from ldm.data.texture_ad import build_texture_ad
+from ldm.generation import generate_pairs, load_run
+from ldm.generation import make_sampler as run_sampler
 from ldm.models.diffusion.grounding import available_artifact_steps
 from ldm.models.diffusion.mask_ti import mask_diversity
 from ldm.models.diffusion.samplers import MaskGuidance
@@ -15,18 +22,21 @@ from ldm.models.diffusion.samplers.rng import BatchRNG
 from ldm.modules.grounding import SpatialConditioning
 from ldm.modules.grounding.gsm import transformer_blocks
 from ldm.util import instantiate_from_config
-from tests.run_fixture import backbone_ckpt_from_config
+from tests.run_fixture import backbone_ckpt_from_config, gen_args, make_dataset, make_run
 from tests.tiny_configs import UNET, ldm_config
 from tests.tiny_configs import grounding_config as tiny_grounding_config
-from utils.errors import UserError
+from utils.errors import InputNotFound, UserError
 
 NAME = "tex+scratch"
 NAMES = [NAME, "tex+crack"]
 BACKBONE = ("model.", "first_stage_model.", "cond_stage_model.")
 
 
-def grounding_config(lora_rank=2, names=NAMES, **overrides) -> dict:
-    return tiny_grounding_config(names=names, lora_rank=lora_rank, **overrides)
+def grounding_config(lora_rank=2, names=NAMES, scm=None, **overrides) -> dict:
+    """``scm``: entries added to the tiny config's scm_config (e.g. ``{"binary_map": True}``)."""
+    cfg = tiny_grounding_config(names=names, lora_rank=lora_rank, **overrides)
+    cfg["params"]["scm_config"].update(scm or {})
+    return cfg
 
 
 def _pretrained_(module, seed=0):
@@ -313,6 +323,195 @@ def test_main_trains_the_texture_demo_config(texture_data, tmp_path):
     for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items():
         if k.startswith(BACKBONE):
             assert torch.equal(sd[k].cpu(), v), k
+
+
+# ----------------------------------------------------------------------------- ablation: binary mask map
+@pytest.mark.parametrize("binary", [False, True])
+def test_binary_map_does_not_tell_defect_types_apart(binary):
+    names = ["tex+scratch", "tex+crack"]
+    scm = SpatialConditioning(names, token_dim=6, context_dim=16, encoder="tiny", encoder_params={"widths": [4]},
+                              grid=2, binary_map=binary)
+    mask = torch.zeros(2, 12, 12)
+    mask[:, 2:7, 3:9] = 1  # the same pixels, two defect types
+    lab, products, anomalies = scm.labels_from_masks(mask, names)
+    sem = scm.semantic_map(lab, products, anomalies)
+    out = scm(lab, products, anomalies)
+    assert torch.equal(sem[0], sem[1]) is binary and torch.equal(out[0], out[1]) is binary
+    assert torch.equal(sem[0, :, 0, 0], scm.product_tokens["tex"].detach())  # the product token outside
+    keys = set(scm.state_dict())
+    if not binary:
+        assert scm.mask_token is None and "mask_token" not in keys
+        return
+    assert torch.equal(sem[0, :, 4, 5], scm.mask_token.detach())  # one shared token inside every mask
+    assert not any(k.startswith("anomaly_tokens.") for k in keys)
+    out.sum().backward()
+    assert scm.mask_token.grad.abs().sum() > 0
+    with pytest.raises(UserError, match=r"no anomaly token for 'tex\+dent'"):  # names are still checked
+        scm.semantic_map(lab, products, [["tex+dent"], ["tex+crack"]])
+    # the shared token starts from the word every name shares
+    assert scm.init_from_words(lambda w: torch.ones(6) if w == "defect" else None,
+                               {n: "defect" for n in names}) == ["mask_token"]
+    assert torch.equal(scm.mask_token.detach(), torch.ones(6))
+    with pytest.raises(UserError, match="binary_map"):
+        SpatialConditioning(names, token_dim=6, context_dim=16, binary_map="yes")
+
+
+def test_binary_map_model_conditions_alike_and_refuses_other_artifacts(backbone_ckpt, tmp_path):
+    _, _, mask = _inputs()
+    both = ["tex+scratch", "tex+crack"]
+    m = _model(backbone_ckpt, scm={"binary_map": True}).eval()
+    semantic = _model(backbone_ckpt).eval()
+    with torch.no_grad():
+        semantic.scm.anomaly_tokens["tex+crack"].add_(0.5)  # both start from the init word; training parts them
+        tokens = m.grounding_tokens(mask, both)
+        assert torch.equal(tokens[0], tokens[1])
+        tokens = semantic.grounding_tokens(mask, both)
+        assert not torch.equal(tokens[0], tokens[1])
+    assert "scm.mask_token" in m.state_dict() and not any(k.startswith("scm.anomaly_tokens.") for k in m.state_dict())
+    m.export_artifacts(tmp_path, 3)
+    fresh = _model(backbone_ckpt, scm={"binary_map": True})
+    fresh.load_artifacts(tmp_path, 3)
+    assert torch.equal(fresh.scm.mask_token, m.scm.mask_token)
+    with pytest.raises(UserError, match="binary_map: true, this config sets binary_map: false"):
+        semantic.load_artifacts(tmp_path, 3)
+
+
+# ----------------------------------------------------------------------------- ablation: w/o GSM
+@pytest.fixture(scope="module")
+def no_gsm(backbone_ckpt):
+    return _model(backbone_ckpt, gsm=False)
+
+
+def _attn2_context_lengths(m, x, t, mask, captions):
+    lengths = set()
+
+    def hook(mod, args, kwargs):
+        lengths.add(kwargs["context"].shape[1])
+
+    handles = [b.attn2.register_forward_pre_hook(hook, with_kwargs=True)
+               for _, b in transformer_blocks(m.model.diffusion_model)]
+    try:
+        out = _ours(m, x, t, mask, captions)
+    finally:
+        for h in handles:
+            h.remove()
+    return lengths, out
+
+
+def test_without_gsm_the_scm_tokens_reach_the_cross_attention(backbone_ckpt, no_gsm):
+    m = no_gsm.eval()
+    with_gsm = _model(backbone_ckpt).eval()
+    assert m.gsm is None and not any(k.startswith("gsm.") for k in m.state_dict())
+    assert all(b.between_attention is None for _, b in transformer_blocks(m.model.diffusion_model))
+    x, t, mask = _inputs()
+    captions = ["a photo of tex"] * 2
+    (text_len,), _ = _attn2_context_lengths(with_gsm, x, t, mask, captions)
+    lengths, out = _attn2_context_lengths(m, x, t, mask, captions)
+    assert lengths == {text_len + m.scm.n_tokens}
+    other = torch.zeros_like(mask)
+    other[:, 20:30, 20:30] = 1
+    assert not torch.equal(_ours(m, x, t, other, captions), out)  # the map reaches the UNet without GSM
+    with pytest.raises(UserError, match="config key 'gsm' .* must be true or false"):
+        _model(backbone_ckpt, gsm="off")
+
+
+def test_without_gsm_one_training_step_changes_only_the_trainable_parameters(no_gsm):
+    m = no_gsm
+    before = {k: v.detach().clone() for k, v in m.named_parameters()}
+    opt = m.configure_optimizers()
+    m.train()
+    loss, logs = m.shared_step(_train_batch())
+    loss.backward()
+    opt.step()
+    assert "train/gate_attn" not in logs
+    trainable = {id(p) for p in m.trainable_parameters()}
+    changed = {k for k, v in m.named_parameters() if not torch.equal(v.detach(), before[k])}
+    assert changed and all(id(p) in trainable for k, p in m.named_parameters() if k in changed)
+    assert any(k.startswith("scm.") for k in changed) and any(k.startswith("lora.") for k in changed)
+    assert not any(k.startswith(BACKBONE) for k in changed)
+
+
+def test_without_gsm_artifacts_round_trip_and_generate(backbone_ckpt, no_gsm, tmp_path):
+    m = no_gsm.eval()
+    paths = m.export_artifacts(tmp_path, 4)
+    assert sorted(p.name for p in paths if p.suffix == ".pt") == ["embeddings.pt", "embeddings_gs-4.pt",
+                                                                  "lora-4.pt", "scm-4.pt"]
+    assert available_artifact_steps(tmp_path) == [4]
+    fresh = _model(backbone_ckpt, gsm=False).eval()
+    fresh.load_artifacts(tmp_path, 4)
+    x, t, mask = _inputs()
+    c = {"caption": ["Anomaly *"] * 2, "name": [NAME] * 2}
+    with torch.no_grad():
+        a = m.apply_model(x, t, m.get_learned_conditioning(c), grounding=m.grounding_tokens(mask, [NAME] * 2))
+        b = fresh.apply_model(x, t, fresh.get_learned_conditioning(c),
+                              grounding=fresh.grounding_tokens(mask, [NAME] * 2))
+    assert torch.equal(a, b)
+    with pytest.raises(InputNotFound, match="gsm-4"):  # a GSM config needs the run's GSM weights
+        _model(backbone_ckpt).load_artifacts(tmp_path, 4)
+    _model(backbone_ckpt).export_artifacts(tmp_path, 6)
+    with pytest.raises(UserError, match="gsm: false"):  # and GSM weights are never silently dropped
+        fresh.load_artifacts(tmp_path, 6)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    out = m.generate(images, mask[:, None], ["Anomaly *"] * 2, [NAME] * 2, m.make_sampler("ddim", 3), BatchRNG([0, 1]))
+    assert out.shape == images.shape and torch.isfinite(out).all()
+    assert torch.equal(out * (1 - mask[:, None]), images * (1 - mask[:, None]))
+
+
+# ----------------------------------------------------------------------------- ablation: w/o NDI
+@pytest.mark.parametrize("name, steps, first", [("aias", 20, 999), ("ddim", 20, 951)])  # DDIM's grid tops at 951
+def test_without_ndi_sampling_starts_from_pure_noise(eval_model, name, steps, first):
+    m = eval_model
+    sampler = m.make_sampler(name, steps, ndi=False)
+    assert sampler.t_start is None and sampler.nfe == steps  # the full budget: AIAS steps are not scaled
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    _, _, mask = _inputs()
+    masks = mask[:, None]
+    calls = []
+    hook = m.model.diffusion_model.register_forward_hook(lambda mod, a, out: calls.append((a[0].clone(), a[1])))
+    try:
+        m.generate(images, masks, ["Anomaly *"] * 2, [NAME] * 2, sampler, BatchRNG([11, 12]))
+    finally:
+        hook.remove()
+    assert len(calls) == sampler.nfe
+    assert calls[0][1].tolist() == [first, first]
+    z_bg = m.encode_to_latent(images)
+    x_T = MaskGuidance(masks, z_bg, writeback="off").bind(m.schedule).prepare_x_T(tuple(z_bg.shape),
+                                                                                 BatchRNG([11, 12]))
+    assert torch.equal(calls[0][0], x_T)  # pure noise, not the noised normal latent
+    with pytest.raises(UserError, match="t_start=300"):
+        m.make_sampler(name, steps, ndi=False, t_start=300)
+
+
+def test_generate_cli_ndi_off_without_gsm(tmp_path, monkeypatch, backbone_ckpt):
+    """``--ndi off`` through the CLI path on a w/o-GSM run: first call at T−1, recorded in the manifest."""
+    data = make_dataset(tmp_path / "data")
+    ckdir = make_run(tmp_path, data, names=("brick+scratch",),
+                     config=lambda names: tiny_grounding_config(names=names, gsm=False))
+    assert not list(ckdir.glob("gsm-*"))
+    base = gen_args(data, ckdir, tmp_path / "out", "--steps", "3", "--n_samples", "1")
+    with pytest.raises(UserError, match="--ndi off .* --t_start 300"):
+        gen.main(base + ["--ndi", "off", "--t_start", "300"])
+    opt = gen.options(base + ["--ndi", "off"])
+    assert opt.ndi is False and gen.options(base).ndi is True
+    run = load_run(opt, torch.device("cpu"))
+    assert run.model.gsm is None
+    calls = []
+    real = run.model.apply_model
+
+    def spy(x, t, *a, **k):
+        calls.append(int(t[0]))
+        return real(x, t, *a, **k)
+
+    monkeypatch.setattr(run.model, "apply_model", spy)
+    out = generate_pairs(opt, run=run, log=lambda *_: None)
+    assert out["written"] == 1 and out["nfe"] == 3 and calls[0] == 999
+    settings = json.loads((tmp_path / "out" / "brick" / "scratch" / "synthesis.json").read_text())
+    assert settings["ndi"] is False and settings["t_start"] is None
+    with pytest.raises(UserError, match=r"other settings \(.*\bndi\b"):
+        gen.main(base)  # NDI on in the same folder: refused
+    # a model without NDI refuses --ndi off rather than ignoring it
+    with pytest.raises(UserError, match="LatentDiffusion has no NDI"):
+        run_sampler(SimpleNamespace(model=backbone_ckpt[0]), opt)
 
 
 # ----------------------------------------------------------------------------- mask textual inversion

@@ -22,6 +22,15 @@ Generation: ``generate(images, masks, captions, names, sampler, rng)`` condition
 the given masks (``names[i]`` a ``category+defect`` name, or a list of names for a multi-label mask),
 optionally writes the noised background back in latent space, and pastes the normal image's pixels
 outside the mask exactly. Artifacts: ``scm-{N}.pt``, ``gsm-{N}.pt``, ``lora-{N}.pt`` (+ embeddings).
+
+Ablations (the paper's, as options of one model):
+
+- ``scm_config: {binary_map: true}`` -- w/o semantic map: one shared learned anomaly token inside every
+  mask, whatever its defect type (``SpatialConditioning``); the encoder is unchanged.
+- ``gsm: false`` -- w/o GSM: no gated self-attention; the SCM tokens stay appended to the text context,
+  so the backbone's cross-attention (attn2) attends to them. No ``gsm.`` keys, no ``gsm-{N}.pt``.
+- ``make_sampler(..., ndi=False)`` (``generate_with_mask.py --ndi off``) -- w/o NDI: sampling starts
+  from pure noise at t = T−1 with the full step budget.
 """
 from __future__ import annotations
 
@@ -65,8 +74,9 @@ class GroundingAnomaly(MaskedLatentDiffusion):
     ARTIFACT_MODULES = (("scm", "scm"), ("gsm", "gsm"), ("lora", "lora"))
 
     def __init__(self, scm_config: Optional[dict] = None, scm_names: Optional[Sequence[str]] = None,
-                 gsm_feed_forward: bool = True, lora_rank: int = 4, lora_alpha: Optional[float] = None,
-                 lora_targets: Sequence[str] = ("attn1", "attn2"), lora_dropout: float = 0.0,
+                 gsm: bool = True, gsm_feed_forward: bool = True, lora_rank: int = 4,
+                 lora_alpha: Optional[float] = None, lora_targets: Sequence[str] = ("attn1", "attn2"),
+                 lora_dropout: float = 0.0,
                  mnt_ratio: float = 0.5, mask_loss_weight: float = 1.0, ndi_t_start: Optional[int] = 750,
                  ndi_scale_steps: bool = True, writeback: str = "off", paste: bool = True,
                  normal_key: str = "normal_image",
@@ -87,7 +97,7 @@ class GroundingAnomaly(MaskedLatentDiffusion):
         scm.setdefault("token_dim", self._text_token_dim() or context_dim)
         self.scm = SpatialConditioning(names, context_dim=context_dim, **scm)
         self._anomaly_init_word = _init_word_of(pc)
-        self.gsm = install_gsm(unet, context_dim, self.scm.n_tokens, feed_forward=gsm_feed_forward)
+        self.gsm = install_gsm(unet, context_dim, self.scm.n_tokens, feed_forward=gsm_feed_forward) if gsm else None
         self.lora_rank = int(lora_rank)
         self.lora = None
         if self.lora_rank > 0:
@@ -149,7 +159,8 @@ class GroundingAnomaly(MaskedLatentDiffusion):
         return self.scm(labels, products, anomalies)
 
     def apply_model(self, x_noisy, t, cond, return_ids: bool = False, grounding: Optional[torch.Tensor] = None):
-        """ε̂ of the UNet with LoRA and GSM; ``grounding`` (the SCM tokens) ride behind the text context."""
+        """ε̂ of the UNet with LoRA and GSM; ``grounding`` (the SCM tokens) ride behind the text context
+        (GSM splits them off; without GSM the cross-attention sees text and SCM tokens alike)."""
         if grounding is None:
             raise ValueError("GroundingAnomaly.apply_model needs the SCM conditioning tokens (grounding=...)")
         if isinstance(cond, dict):
@@ -194,14 +205,16 @@ class GroundingAnomaly(MaskedLatentDiffusion):
             weight = (1.0 + (self.mask_loss_weight - 1.0) * m).expand_as(eps)
         loss, loss_dict = self.loss_from_prediction(eps, self.training_target(x_start, noise), t, weight_map=weight)
         prefix = "train" if self.training else "val"
-        loss_dict[f"{prefix}/gate_attn"] = torch.stack([torch.tanh(f.alpha_attn) for f in self.gsm]).abs().mean()
+        if self.gsm is not None:
+            loss_dict[f"{prefix}/gate_attn"] = torch.stack([torch.tanh(f.alpha_attn) for f in self.gsm]).abs().mean()
         return self.add_embedding_regulariser(loss, loss_dict)
 
     def trainable_parameters(self):
         params = super().trainable_parameters()
-        params += list(self.scm.parameters()) + list(self.gsm.parameters())
-        if self.lora is not None:
-            params += list(self.lora.parameters())
+        params += list(self.scm.parameters())
+        for module in (self.gsm, self.lora):
+            if module is not None:
+                params += list(module.parameters())
         return params
 
     # ------------------------------------------------------------------ generation
@@ -215,6 +228,8 @@ class GroundingAnomaly(MaskedLatentDiffusion):
         if name not in GROUNDING_SAMPLERS:
             raise UserError(f"GroundingAnomaly samples with one of {', '.join(GROUNDING_SAMPLERS)}, got '{name}'")
         ndi = bool(opts.pop("ndi", True))
+        if not ndi and opts.get("t_start") is not None:
+            raise UserError(f"ndi=False starts from pure noise: it cannot be combined with t_start={opts['t_start']}")
         if opts.get("t_start") is None:
             opts["t_start"] = self.ndi_t_start if ndi else None
         t_start = opts["t_start"]
@@ -274,16 +289,23 @@ class GroundingAnomaly(MaskedLatentDiffusion):
 
     # ------------------------------------------------------------------ artifacts
     def load_artifacts(self, dirpath, step: int) -> None:
-        """As ``ArtifactsMixin``, after checking that the SCM file holds every name this model needs."""
+        """As ``ArtifactsMixin``, after checking that the files were written by a run with this model's
+        ablation settings and that the SCM file holds every name this model needs."""
         from pathlib import Path
 
         from utils.safe_load import extract_state_dict, safe_load
 
-        path = Path(dirpath) / f"scm-{step}.pt"
+        d = Path(dirpath)
+        if self.gsm is None and any((d / f"gsm-{step}{ext}").is_file() for ext in (".pt", ".safetensors")):
+            raise UserError(f"{d} holds gsm-{step} (a run with GSM) but this config sets gsm: false")
+        path = d / f"scm-{step}.pt"
         if path.is_file():
             sd = extract_state_dict(safe_load(path))
+            if ("mask_token" in sd) != self.scm.binary_map:
+                raise UserError(f"{path} was trained with scm binary_map: {str('mask_token' in sd).lower()}, this "
+                                f"config sets binary_map: {str(self.scm.binary_map).lower()}")
             held = sorted(k[len("anomaly_tokens."):] for k in sd if k.startswith("anomaly_tokens."))
-            mine = sorted(self.scm.names)
+            mine = sorted(self.scm.anomaly_tokens)
             if held != mine:
                 raise UserError(f"{path} holds SCM anomaly tokens {held}, this config builds {mine}; build the "
                                 "model with the names the run trained (personalization_config / scm_names)")

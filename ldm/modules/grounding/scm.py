@@ -7,6 +7,10 @@ convolutional encoder turns the map into a ``grid × grid`` feature map, which a
 learned position embedding per cell) projects into the text-conditioning space: ``grid²``
 conditioning tokens that the gated self-attention (GSM) attends to.
 
+``binary_map: true`` (the paper's "w/o semantic map" ablation) paints one shared learned ``mask_token``
+inside every anomaly region instead of the region's own token: the map then tells where, not which
+defect type (the product token outside, the encoder unchanged; no per-name anomaly tokens exist).
+
 Label maps: ``labels[b]`` is H×W int64 with 0 = product only and k ≥ 1 = the k-th name of
 ``anomalies[b]``. A map resized to ``map_size`` is resized per label (area average of the one-hot
 planes), so thin regions fade instead of vanishing; at the native size every pixel holds exactly its
@@ -105,11 +109,12 @@ class SpatialConditioning(nn.Module):
         projection) -- painting commutes with a linear map, so this is a 1×1 conv on the map at a
         fraction of the memory of a ``token_dim``-channel map.
     map_size: side of the semantic map (None: the mask's own size).
+    binary_map: one shared ``mask_token`` inside every anomaly region (ablation; see the module doc).
     """
 
     def __init__(self, names: Sequence[str], token_dim: int, context_dim: int, encoder: str = "tiny",
                  encoder_params: Optional[dict] = None, grid: int = 4, map_channels: Optional[int] = None,
-                 map_size: Optional[int] = None, token_init_std: float = 0.02):
+                 map_size: Optional[int] = None, token_init_std: float = 0.02, binary_map: bool = False):
         super().__init__()
         names = [str(n) for n in names]
         if not names:
@@ -120,7 +125,10 @@ class SpatialConditioning(nn.Module):
         for n in names:
             if "." in n or not n:
                 raise UserError(f"SCM name {n!r} must be non-empty and contain no '.'")
+        if not isinstance(binary_map, bool):
+            raise UserError(f"scm_config binary_map must be true or false, got {binary_map!r}")
         self.names = names
+        self.binary_map = binary_map
         self.products = sorted({product_of(n) for n in names})
         self.token_dim = int(token_dim)
         self.context_dim = int(context_dim)
@@ -130,7 +138,10 @@ class SpatialConditioning(nn.Module):
         self.product_tokens = nn.ParameterDict(
             {p: nn.Parameter(torch.randn(self.token_dim, generator=g) * token_init_std) for p in self.products})
         self.anomaly_tokens = nn.ParameterDict(
-            {n: nn.Parameter(torch.randn(self.token_dim, generator=g) * token_init_std) for n in names})
+            {n: nn.Parameter(torch.randn(self.token_dim, generator=g) * token_init_std)
+             for n in ([] if binary_map else names)})
+        self.mask_token = nn.Parameter(torch.randn(self.token_dim, generator=g) * token_init_std) \
+            if binary_map else None
         self.map_proj = nn.Linear(self.token_dim, int(map_channels)) if map_channels else None
         channels = int(map_channels) if map_channels else self.token_dim
         self.encoder = build_map_encoder(encoder, channels, self.grid, **dict(encoder_params or {}))
@@ -146,9 +157,16 @@ class SpatialConditioning(nn.Module):
     @torch.no_grad()
     def init_from_words(self, lookup: Callable[[str], Optional[torch.Tensor]], anomaly_words: dict) -> list[str]:
         """Start tokens from word embeddings: a product from its category name, an anomaly token from
-        ``anomaly_words[name]`` (e.g. the ``--init_word``). ``lookup(word)`` returns a token_dim vector or
-        None (not one wordpiece); those tokens keep their random start. Returns what was initialised."""
+        ``anomaly_words[name]`` (e.g. the ``--init_word``), the shared ``mask_token`` from the word all names
+        share. ``lookup(word)`` returns a token_dim vector or None (not one wordpiece); those tokens keep
+        their random start. Returns what was initialised."""
         done = []
+        if self.mask_token is not None:
+            words = {anomaly_words[n] for n in self.names if anomaly_words.get(n)}
+            vec = lookup(words.pop()) if len(words) == 1 else None
+            if vec is not None and vec.numel() == self.token_dim:
+                self.mask_token.copy_(vec.to(self.mask_token))
+                done.append("mask_token")
         for p, param in self.product_tokens.items():
             vec = lookup(p.replace("_", " ")) if "_" not in p else None
             if vec is not None and vec.numel() == self.token_dim:
@@ -163,7 +181,8 @@ class SpatialConditioning(nn.Module):
         return done
 
     def palette(self, products: Sequence[str], anomalies: Sequence[Sequence[str]]) -> torch.Tensor:
-        """B×(1+K)×token_dim: row 0 the product token, row k the k-th anomaly token (zeros as padding)."""
+        """B×(1+K)×token_dim: row 0 the product token, row k the k-th anomaly token (the shared
+        ``mask_token`` with ``binary_map``; zeros as padding)."""
         if len(products) != len(anomalies):
             raise ValueError(f"{len(products)} products for {len(anomalies)} anomaly lists")
         k = max([len(a) for a in anomalies] + [0])
@@ -174,9 +193,9 @@ class SpatialConditioning(nn.Module):
                 raise UserError(f"SCM has no product token for '{p}'; it knows: {', '.join(self.products)}")
             vecs = [self.product_tokens[p]]
             for n in names:
-                if n not in self.anomaly_tokens:
+                if n not in self.names:
                     raise UserError(f"SCM has no anomaly token for '{n}'; it knows: {', '.join(self.names)}")
-                vecs.append(self.anomaly_tokens[n])
+                vecs.append(self.mask_token if self.binary_map else self.anomaly_tokens[n])
             vecs += [zero] * (1 + k - len(vecs))
             rows.append(torch.stack(vecs))
         if not rows:
