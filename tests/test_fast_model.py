@@ -191,3 +191,40 @@ def test_exported_artifacts_reload_with_identical_outputs(fast_model, tmp_path):
         b = fresh.apply_model(x, t, fresh.get_learned_conditioning(c), mask=mask)
         assert torch.equal(m.FARM(x, mask, t), fresh.FARM(x, mask, t))
     assert torch.equal(a, b)
+
+
+def test_unfrozen_unet_has_its_own_rate_and_is_part_of_the_artifacts(tmp_path):
+    """A fine-tuned backbone UNet (``unfreeze_model``) must reach generation: without the ``unet-N``
+    artifact the generator would silently sample with the untouched backbone."""
+    torch.manual_seed(0)
+    m = instantiate_from_config(fast_config(unfreeze_model=True, backbone_learning_rate=1e-5))
+    _pretend_pretrained(m.model)
+    m.learning_rate = 2e-3
+    backbone = {k: v.clone() for k, v in m.state_dict().items()
+                if not k.startswith(("FARM.", "fine.", "embedding_manager."))}
+    opt = m.configure_optimizers()
+    rates = {g["lr"]: {id(p) for p in g["params"]} for g in opt.param_groups}
+    assert set(rates) == {2e-3, 1e-5}
+    assert rates[1e-5] == {id(p) for p in m.model.parameters()}
+    assert {id(p) for p in m.FARM.parameters()} <= rates[2e-3]
+    m.train()
+    loss, _ = m.shared_step(_batch())
+    loss.backward()
+    opt.step()
+    m.eval()
+    assert any(not torch.equal(backbone[k], v) for k, v in m.state_dict().items() if k.startswith("model."))
+    names = {p.name for p in m.export_artifacts(tmp_path, 3)}
+    assert {"unet-3.pt", "unet-3.safetensors"} <= names
+    torch.save({"state_dict": backbone}, tmp_path / "backbone.ckpt")
+    fresh = instantiate_from_config(fast_config(unfreeze_model=True, ckpt_path=str(tmp_path / "backbone.ckpt")))
+    fresh.eval()
+    fresh.load_artifacts(tmp_path, 3)
+    x, mask, t = torch.randn(2, 4, 8, 8), torch.ones(2, 1, 8, 8), torch.tensor([3, 600])
+    c = {"caption": ["Anomaly *"] * 2, "name": ["tex+scratch"] * 2}
+    with torch.no_grad():
+        assert torch.equal(m.apply_model(x, t, m.get_learned_conditioning(c), mask=mask),
+                           fresh.apply_model(x, t, fresh.get_learned_conditioning(c), mask=mask))
+    (tmp_path / "unet-3.pt").unlink()
+    (tmp_path / "unet-3.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="unet-3"):
+        instantiate_from_config(fast_config(unfreeze_model=True)).load_artifacts(tmp_path, 3)

@@ -5,7 +5,8 @@ A model lists its small trained modules as ``(file prefix, attribute)`` pairs in
 each is saved as ``<prefix>-{N}.pt`` holding the module's ``state_dict`` (never a pickled module), next
 to the embeddings the ``LatentDiffusion`` base class writes (``embeddings_gs-{N}.pt``, ``embeddings.pt``).
 ``N`` counts completed optimizer steps (``ldm.trainer.callbacks.ArtifactExporter``). The first prefix
-marks which steps exist. Loading also accepts the official whole-module pickles (restricted unpickler).
+marks which steps exist. A run configured ``unfreeze_model: true`` (a small backbone fine-tuned with
+the embeddings) also writes its UNet as ``unet-{N}``. Loading also accepts the official whole-module pickles (restricted unpickler).
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ class ArtifactsMixin:
             module = getattr(self, attr)
             if module is not None:
                 yield prefix, attr, module
+        if getattr(self, "unfreeze_model", False):  # a fine-tuned backbone UNet is part of the run too
+            yield "unet", "model", self.model
 
     def export_artifacts(self, dirpath: str | os.PathLike, step: int) -> list[Path]:
         written = super().export_artifacts(dirpath, step)

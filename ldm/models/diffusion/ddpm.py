@@ -299,6 +299,10 @@ class DDPM(pl.LightningModule):
             params.append(self.logvar)
         return params
 
+    def optimizer_groups(self, params: list, lr: float) -> list[dict]:
+        """AdamW parameter groups (one here; ``LatentDiffusion`` may give the UNet its own rate)."""
+        return [{"params": params, "lr": lr}]
+
     def configure_optimizers(self):
         lr = getattr(self, "learning_rate", None)
         if lr is None:
@@ -306,7 +310,7 @@ class DDPM(pl.LightningModule):
         params = [p for p in self.trainable_parameters() if p.requires_grad]
         if not params:
             raise RuntimeError("no trainable parameters: everything is frozen (check unfreeze_model / configs)")
-        opt = torch.optim.AdamW(params, lr=lr, **fused_optimizer_kwargs(params))
+        opt = torch.optim.AdamW(self.optimizer_groups(params, lr), lr=lr, **fused_optimizer_kwargs(params))
         if not self.use_scheduler:
             return opt
         scheduler = instantiate_from_config(self.scheduler_config)
@@ -354,7 +358,8 @@ class LatentDiffusion(DDPM):
                  cond_stage_forward: str | None = None, conditioning_key: str | None = None,
                  scale_factor: float = 1.0, scale_by_std: bool = False, personalization_config=None,
                  embedding_reg_weight: float = 0.0, unfreeze_model: bool | None = None, name_key: str = "name",
-                 cache_latents: bool = False, cache_latents_max: int = 50_000, *args, **kwargs):
+                 cache_latents: bool = False, cache_latents_max: int = 50_000,
+                 backbone_learning_rate: float | None = None, *args, **kwargs):
         self.num_timesteps_cond = default(num_timesteps_cond, 1)
         if self.num_timesteps_cond > 1:
             raise NotImplementedError("num_timesteps_cond > 1 (shortened conditioning schedule) is not supported")
@@ -386,11 +391,17 @@ class LatentDiffusion(DDPM):
                                                              embedder=self.cond_stage_model)
         # Textual inversion freezes the backbone unless told otherwise; plain LDM trains the UNet.
         self.unfreeze_model = default(unfreeze_model, personalization_config is None)
-        if not self.unfreeze_model:
-            freeze(self.model)
+        # textual inversion + a fine-tuned small backbone: the UNet needs a far smaller rate than the
+        # embeddings (absolute, not scaled by batch size); None = the model's one rate
+        self.backbone_learning_rate = backbone_learning_rate
+        if personalization_config is not None or not self.unfreeze_model:
+            # with textual inversion the learned embeddings are the text side's only update (a trained
+            # text encoder would have to travel with every run's artifacts); unfreeze_model opens the UNet
             if self.cond_stage_model is not None:
                 freeze(self.cond_stage_model)
             self.cond_stage_trainable = False
+        if not self.unfreeze_model:
+            freeze(self.model)
             if self.use_ema:
                 self.model_ema = LitEma(self.model)  # tracks nothing: the UNet is frozen
         self.restarted_from_ckpt = False
@@ -564,6 +575,14 @@ class LatentDiffusion(DDPM):
                 written.append(d / name)
                 written.append(self.embedding_manager.save_safetensors(d / name.replace(".pt", ".safetensors")))
         return written
+
+    def optimizer_groups(self, params: list, lr: float) -> list[dict]:
+        if self.backbone_learning_rate is None or not self.unfreeze_model:
+            return super().optimizer_groups(params, lr)
+        unet = {id(p) for p in self.model.parameters()}
+        groups = [{"params": [p for p in params if id(p) not in unet], "lr": lr},
+                  {"params": [p for p in params if id(p) in unet], "lr": float(self.backbone_learning_rate)}]
+        return [g for g in groups if g["params"]]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         params: list[nn.Parameter] = []
