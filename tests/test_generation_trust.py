@@ -302,3 +302,41 @@ def test_grounding_runs_generate_through_the_same_library_path(tmp_path, monkeyp
         strip = np.asarray(Image.open(root / "image-mask-ori" / f"{n}.png"))
         img, mask, original = strip[:, :32], strip[:, 32:64, 0], strip[:, 64:]
         assert np.array_equal(img[mask == 0], original[mask == 0])
+
+
+# ---------------------------------------------------- 10. a decoder that shifts colours is reported
+class _ShiftingFirstStage:
+    """Encodes as the identity and decodes with a fixed colour cast: the closed form of the check."""
+    device = torch.device("cpu")
+
+    def __init__(self, shift):
+        self.shift = torch.tensor(shift, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def encode_to_latent(self, x):
+        return x
+
+    def decode_first_stage(self, z):
+        return z + self.shift
+
+
+def test_first_stage_round_trip_measures_psnr_and_colour_shift():
+    from ldm.first_stage_check import round_trip, verdict
+
+    images = [np.zeros((8, 8, 3), np.float32) for _ in range(3)]
+    exact = round_trip(_ShiftingFirstStage([0.0, 0.0, 0.0]), images)
+    assert exact["images"] == 3 and exact["colour_shift"] == 0.0 and verdict(exact) is None
+    green = round_trip(_ShiftingFirstStage([0.0, 0.3, 0.0]), images)
+    assert green["colour_shift"] == pytest.approx(0.3 * 127.5 / 3, abs=0.01)       # 12.75 levels
+    assert green["psnr_db"] == pytest.approx(10 * np.log10(4 / (0.09 / 3)), abs=0.01)  # 21.25 dB
+    assert "colour shift 12.8/255" in verdict(green)
+    blurred = {"images": 3, "psnr_db": 15.0, "colour_shift": 0.5}
+    assert "PSNR 15.0 dB" in verdict(blurred)
+
+
+def test_generation_records_the_round_trip_and_warns_when_poor(world, tmp_path, capsys):
+    work, data, ckdir = world  # random tiny weights: the autoencoder reproduces nothing
+    gen.main(gen_args(data, ckdir, tmp_path / "out", "--n_samples", "3"))
+    prov = json.loads((tmp_path / "out" / "brick" / "scratch" / "provenance.json").read_text())
+    stats = prov["first_stage_round_trip"]
+    assert 1 <= stats["images"] <= 3 and stats["psnr_db"] < 20
+    assert "the autoencoder reproduces these normal images poorly" in capsys.readouterr().out
