@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 MIN_PSNR_DB = 20.0          # below this the decoder loses the texture itself
-MAX_COLOUR_SHIFT = 6.0      # mean |Δ channel mean| in 0-255 levels: above this defects carry a colour cast
+MAX_COLOUR_SHIFT = 10.0     # mean |Δ channel mean| in 0-255 levels: above this defects carry a colour cast
 
 
 @torch.no_grad()

@@ -94,7 +94,7 @@ class StageRunner:
 
     def _line(self, label: str, done, total, unit: str, elapsed: float, final: bool = False,
               rss: Optional[float] = None, note: str = "") -> str:
-        name = f"{label:<34.34}"
+        name = f"{label:<44}"
         if final:
             mem = f"peak {rss:,.0f} MB" if rss else "peak n/a"
             count = f"{total} {unit}" if total else ""
@@ -109,7 +109,7 @@ class StageRunner:
     def skip(self, name: str, marker: dict, why: str = "done in an earlier run") -> StageRecord:
         rec = StageRecord(name, float(marker.get("seconds", 0.0)), marker.get("peak_rss_mb"), skipped=True,
                           unit=marker.get("unit", ""), total=marker.get("total"))
-        self._write(f"  {name:<34.34} skipped ({why}: {fmt_seconds(rec.seconds)}, "
+        self._write(f"  {name:<44} skipped ({why}: {fmt_seconds(rec.seconds)}, "
                     f"peak {rec.peak_rss_mb or 0:,.0f} MB)", True)
         self.records.append(rec)
         return rec

@@ -77,6 +77,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", action="store_true",
                    help="also train STAGE per defect type (same backbone and budget), generate STAGE-10 pairs and "
                         "add a 'stage' row to the comparison (always on with --full)")
+    p.add_argument("--grounding", action="store_true",
+                   help="also train GroundingAnomaly per defect type (same backbone and budget), generate NDI+AIAS "
+                        "pairs and add a 'grounding' row (always on with --full; --full adds its ablations)")
+    p.add_argument("--ablations", action="store_true",
+                   help="run the ablations of --full (FARM off, AIAS-50, DDPM-1000; GroundingAnomaly w/o SCM, GSM, "
+                        "NDI) at this tier's budget; implies --grounding")
     p.add_argument("--gpus", default=None, help="as main.py --gpus (default: CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per stage (0: one per core)")
     return p
@@ -94,6 +100,8 @@ def resolve(opt) -> str:
             raise UserError(f"--{k} must be >= 1, got {getattr(opt, k)}")
     opt.categories = list(TEXTURES) if opt.full else [opt.category]
     opt.stage = bool(opt.stage or opt.full)
+    opt.ablations = bool(opt.ablations or opt.full)
+    opt.grounding = bool(opt.grounding or opt.ablations)
     if opt.category not in TEXTURES:
         raise UserError(f"--category must be one of {', '.join(TEXTURES)}, got '{opt.category}'")
     opt.defect_list = [d for d in opt.defects.split(",") if d]
@@ -159,29 +167,31 @@ class Demo:
                         done=lambda: trained(ckpt, steps))
         return ckpt
 
-    def fast(self, ldm: Path, category: str, defect: str, method: str = "fast") -> Path:
-        """Train one generator (``fast`` or ``stage``, same backbone, data and budget) per defect type."""
+    def fast(self, ldm: Path, category: str, defect: str, method: str = "fast", variant: str = "",
+             overrides: tuple = ()) -> Path:
+        """Train one generator (``fast``, ``stage`` or ``grounding``: same backbone, data and budget) per
+        defect type; ``variant`` names an ablation trained with config ``overrides``."""
         from ldm.modules.encoders.tokenizer import load_bert_tokenizer
         from scripts.train_all import init_word_for
 
-        run = f"{method}/{category}+{defect}"
+        run = f"{method}{'-' + variant if variant else ''}/{category}+{defect}"
         word = init_word_for(defect, load_bert_tokenizer("tiny"), "anomaly", "texture_ad", category)
         extra = ["--actual_resume", str(ldm), "--mvtec_path", str(self.data), "--category", category,
                  "--defect", defect, "--init_word", word or "anomaly"]
         self.train(run, f"configs/{method}/texture-demo.yaml", self.opt.fast_steps,
-                   [f"data.params.train.params.root={self.data}"], extra)
+                   [f"data.params.train.params.root={self.data}", *overrides], extra)
         return self.out / "logs" / run / "checkpoints"
 
     def generate(self, pt_path: Path, category: str, defect: str, outdir: Path, n: int, sampler: str = "aias",
-                 steps: int = 10, farm_mode: str = "input", label: str = "") -> dict:
+                 steps: int = 10, farm_mode: str = "input", label: str = "", extra_args: tuple = ()) -> dict:
         folder = outdir / category / defect
         cmd = py() + ["generate_with_mask.py", "--data_root", str(self.data), "--sample_name", category,
                       "--anomaly_name", defect, "--pt_path", str(pt_path),
                       "--mask_path", str(self.data / category / "ground_truth" / defect), "--outdir", str(outdir),
                       "--sampler", sampler, "--steps", str(steps), "--farm_mode", farm_mode,
-                      "--n_samples", str(n), "--batch_size", "50"]
+                      "--n_samples", str(n), "--batch_size", "50", *extra_args]
         settings = {"pt": str(pt_path), "sampler": sampler, "steps": steps, "farm": farm_mode, "n": n,
-                    "fast_steps": self.opt.fast_steps}
+                    "fast_steps": self.opt.fast_steps, "extra": list(extra_args)}
         name = f"generate {label or sampler + '-' + str(steps)} {category}+{defect}"
         rec = self.runner.run(name, cmd, settings, total=n, unit="pairs", cwd=ROOT,
                               progress=lambda: (count_files(folder / "image-mask-ori"), n),
@@ -191,15 +201,14 @@ class Demo:
         return rec.as_dict()
 
     def compare(self, name: str, out: Path, categories: list[str], synths: str, seed: int,
-                fast_dir: Path | None, n: int, stage_dir: Path | None = None) -> Path:
+                dirs: dict, n: int) -> Path:
+        """Segmenter comparison; ``dirs``: method -> folder of its pre-generated pairs."""
         cmd = py() + ["scripts/compare_synthesizers.py", "--dataset_root", str(self.data), "--layout", "mvtec",
                       "--categories", ",".join(categories), "--synthesizers", synths, "--mask_source", "real",
                       "--size", "64", "--n_samples", str(n), "--steps", str(self.opt.seg_steps),
                       "--seed", str(seed), "--out", str(out), "--quiet"]
-        if fast_dir is not None:
-            cmd += ["--fast_dir", str(fast_dir)]
-        if stage_dir is not None:
-            cmd += ["--stage_dir", str(stage_dir)]
+        for method, folder in dirs.items():
+            cmd += [f"--{method}_dir", str(folder)]
         if self.opt.threads:
             cmd += ["--threads", str(self.opt.threads)]
         runs = len(categories) * len(synths.split(","))
@@ -214,8 +223,8 @@ class Demo:
             cur_done = cur[0] if cur and cur[0] < steps and finished < runs else 0
             return min(runs * steps, finished * steps + cur_done), runs * steps
 
-        settings = {"categories": categories, "synths": synths, "seed": seed, "fast": str(fast_dir), "n": n,
-                    "stage": str(stage_dir),
+        settings = {"categories": categories, "synths": synths, "seed": seed, "n": n,
+                    **{method: str(folder) for method, folder in dirs.items()},
                     "seg_steps": steps, "fast_steps": self.opt.fast_steps, "ldm_steps": self.opt.ldm_steps}
         self.runner.run(name, cmd, settings, total=runs * steps, unit="segmenter steps", cwd=ROOT,
                         progress=progress, done=lambda: (out / "results.json").is_file())
@@ -223,6 +232,10 @@ class Demo:
 
 
 # ------------------------------------------------------------------------------------------ pipeline
+# sampler and its label per synthesizer; every one trains per defect type on the same backbone
+METHODS = {"fast": ("aias", "AIAS"), "stage": ("stage", "STAGE"), "grounding": ("aias", "GroundingAnomaly")}
+
+
 def pipeline(opt, tier: str, runner: StageRunner) -> dict:
     demo = Demo(opt, tier, runner)
     demo.dataset()
@@ -230,52 +243,63 @@ def pipeline(opt, tier: str, runner: StageRunner) -> dict:
     ae = demo.train("autoencoder", "configs/tiny/autoencoder.yaml", opt.ae_steps, root)
     ldm = demo.train("ldm", "configs/tiny/ldm.yaml", opt.ldm_steps,
                      root + [f"model.params.first_stage_config.params.ckpt_path={ae}"])
-    gen_dir = demo.out / "generated" / "fast"
-    runs, gens = {}, []
-    for cat in opt.categories:
-        for defect in opt.defect_list:
-            runs[(cat, defect)] = demo.fast(ldm, cat, defect)
-            gens.append(demo.generate(runs[(cat, defect)], cat, defect, gen_dir, opt.n_samples,
-                                      steps=opt.aias_steps, label=f"AIAS-{opt.aias_steps}"))
-    stage_dir = demo.out / "generated" / "stage" if opt.stage else None
-    if opt.stage:  # STAGE on the same backbone, data, budget and masks: one more row of the table
+    methods = ["fast"] + (["stage"] if opt.stage else []) + (["grounding"] if opt.grounding else [])
+    dirs, runs, gens = {}, {}, []
+    for method in methods:
+        sampler, label = METHODS[method]
+        dirs[method] = demo.out / "generated" / method
         for cat in opt.categories:
             for defect in opt.defect_list:
-                gens.append(demo.generate(demo.fast(ldm, cat, defect, method="stage"), cat, defect, stage_dir,
-                                          opt.n_samples, sampler="stage", steps=opt.aias_steps,
-                                          label=f"STAGE-{opt.aias_steps}"))
-    synths = "fast,stage,draem,cutpaste,normal" if opt.stage else "fast,draem,cutpaste,normal"
+                runs[(method, cat, defect)] = demo.fast(ldm, cat, defect, method=method)
+                gens.append(demo.generate(runs[(method, cat, defect)], cat, defect, dirs[method], opt.n_samples,
+                                          sampler=sampler, steps=opt.aias_steps, label=f"{label}-{opt.aias_steps}"))
+    synths = ",".join(methods + ["draem", "cutpaste", "normal"])
     results = {}
     for seed in range(opt.seeds):
         sub = demo.out / "comparison" if opt.seeds == 1 else demo.out / "comparison" / f"seed-{seed}"
-        results[seed] = demo.compare(f"compare seed {seed}", sub, opt.categories, synths, seed, gen_dir,
-                                     opt.n_samples, stage_dir)
+        results[seed] = demo.compare(f"compare seed {seed}", sub, opt.categories, synths, seed, dirs, opt.n_samples)
     ablations = {}
-    if opt.full:
-        ablations = run_ablations(opt, demo, runs)
+    if opt.ablations:
+        ablations = run_ablations(opt, demo, ldm, runs)
     return {"results": results, "generation": gens, "ablations": ablations}
 
 
-def run_ablations(opt, demo: Demo, runs: dict) -> dict:
-    """FARM on vs off at generation; AIAS-10 vs AIAS-50 vs DDPM-1000 -- the same trained FAST models,
-    the same masks and normal images, ``--ablation_samples`` pairs per defect type, every seed."""
+# (label, method, training variant + config overrides, sampler, steps, farm_mode, generation args)
+ABLATIONS = (
+    ("FAST, AIAS-10", "fast", "", (), "aias", 10, "input", ()),
+    ("FAST, AIAS-10, FARM off", "fast", "", (), "aias", 10, "off", ()),
+    ("FAST, AIAS-50", "fast", "", (), "aias", 50, "input", ()),
+    ("FAST, DDPM-1000", "fast", "", (), "ddpm", 1000, "input", ()),
+    ("GroundingAnomaly", "grounding", "", (), "aias", 10, "input", ()),
+    ("GroundingAnomaly w/o SCM (binary map)", "grounding", "binary",
+     ("model.params.scm_config.binary_map=true",), "aias", 10, "input", ()),
+    ("GroundingAnomaly w/o GSM", "grounding", "nogsm", ("model.params.gsm=false",), "aias", 10, "input", ()),
+    ("GroundingAnomaly w/o NDI", "grounding", "", (), "aias", 10, "input", ("--ndi", "off")),
+)
+
+
+def run_ablations(opt, demo: Demo, ldm: Path, runs: dict) -> dict:
+    """FAST: FARM on vs off at generation, AIAS-10 vs AIAS-50 vs DDPM-1000 on the same trained models;
+    GroundingAnomaly: w/o SCM's semantic map, w/o GSM (each trained once more), w/o NDI (generation).
+    The same masks and normal images, ``--ablation_samples`` pairs per defect type, every seed."""
     cats = [c for c in opt.ablation_categories.split(",") if c]
-    variants = {"AIAS-10": ("aias", 10, "input"), "AIAS-10, FARM off": ("aias", 10, "off"),
-                "AIAS-50": ("aias", 50, "input"), "DDPM-1000": ("ddpm", 1000, "input")}
     out = {}
-    for label, (sampler, steps, farm) in variants.items():
-        folder = demo.out / "ablations" / "generated" / label.replace(", ", "-").replace(" ", "-").lower()
+    for label, method, variant, overrides, sampler, steps, farm, gen_args in ABLATIONS:
+        folder = demo.out / "ablations" / "generated" / slug(label.lower())
         gen = []
         for cat in cats:
             for defect in opt.defect_list:
-                gen.append(demo.generate(runs[(cat, defect)], cat, defect, folder, opt.ablation_samples,
-                                         sampler=sampler, steps=steps, farm_mode=farm, label=label))
+                pt = runs.get((method, cat, defect)) if not variant else None
+                if pt is None:
+                    pt = demo.fast(ldm, cat, defect, method=method, variant=variant, overrides=overrides)
+                gen.append(demo.generate(pt, cat, defect, folder, opt.ablation_samples, sampler=sampler,
+                                         steps=steps, farm_mode=farm, label=label, extra_args=gen_args))
         seeds = {}
         for seed in range(opt.seeds):
             sub = demo.out / "ablations" / "comparison" / folder.name / f"seed-{seed}"
-            seeds[seed] = demo.compare(f"compare {label} seed {seed}", sub, cats, "fast", seed, folder,
-                                       opt.ablation_samples)
-        out[label] = {"results": seeds, "generation": gen}
+            seeds[seed] = demo.compare(f"compare {label} seed {seed}", sub, cats, method, seed,
+                                       {method: folder}, opt.ablation_samples)
+        out[label] = {"results": seeds, "generation": gen, "method": method}
     return out
 
 
@@ -385,15 +409,15 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
     lines += ["", "(wall time of the whole stage: model loading included; skipped stages show the earlier run's "
                   "time)", ""]
     if res["ablations"]:
-        lines += ["## Ablations (same trained FAST models)", "",
+        lines += ["## Ablations", "",
                   f"Textures: {opt.ablation_categories}; {opt.ablation_samples} pairs per defect type for every "
                   f"variant; segmenter {opt.seg_steps} steps × {opt.seeds} seeds; mean ± std over seeds.", "",
                   "| variant | anomaly IoU | anomaly recall | pixel AP | AUPRO@0.3 | generation s / pair |",
                   "|---|---|---|---|---|---|"]
         for label, a in res["ablations"].items():
             adocs = load_results(a["results"])
-            _, s = metrics_table(adocs, ["fast"])
-            f = s.get("fast", {})
+            _, s = metrics_table(adocs, [a["method"]])
+            f = s.get(a["method"], {})
             secs = sum(g["seconds"] for g in a["generation"]) / max(1, sum(g["total"] or 0 for g in a["generation"]))
 
             def c(k):

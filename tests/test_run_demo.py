@@ -18,11 +18,14 @@ SECTIONS = ("## Stage times and peak memory", "## Segmentation on real held-out 
             "## Sampler speed", "## Where to look")
 STAGES = ("build texture-ad", "train autoencoder", "train ldm", "train fast/brick+scratch",
           "generate AIAS-10 brick+scratch", "train stage/brick+scratch", "generate STAGE-10 brick+scratch",
-          "compare seed 0")
+          "train grounding/brick+scratch", "generate GroundingAnomaly-10 brick+scratch", "compare seed 0")
+ABLATIONS = ("FAST, AIAS-10", "FAST, AIAS-10, FARM off", "FAST, AIAS-50", "FAST, DDPM-1000", "GroundingAnomaly",
+             "GroundingAnomaly w/o SCM (binary map)", "GroundingAnomaly w/o GSM", "GroundingAnomaly w/o NDI")
 
 
 def _run_demo(out: Path) -> str:
-    cmd = [sys.executable, "scripts/run_demo.py", "--smoke", "--stage", "--defects", "scratch", "--out", str(out)]
+    cmd = [sys.executable, "scripts/run_demo.py", "--smoke", "--stage", "--ablations", "--ablation_samples", "2",
+           "--defects", "scratch", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -41,9 +44,14 @@ def test_smoke_demo_writes_every_artifact_and_report_section(demo):
     for section in SECTIONS:
         assert section in report, section
     doc = json.loads((out / "report.json").read_text())
-    assert [s["name"] for s in doc["stages"]] == list(STAGES)
+    names = [s["name"] for s in doc["stages"]]
+    assert names[:len(STAGES)] == list(STAGES)
+    for label in ABLATIONS:  # each variant generated and compared (two variants train their own model)
+        assert f"generate {label} brick+scratch" in names and f"compare {label} seed 0" in names, label
+        assert f"| {label} |" in report, label
+    assert "train grounding-binary/brick+scratch" in names and "train grounding-nogsm/brick+scratch" in names
     assert all(s["seconds"] > 0 and s["peak_rss_mb"] > 0 for s in doc["stages"])
-    for synth in ("fast", "stage", "draem", "cutpaste", "normal"):
+    for synth in ("fast", "stage", "grounding", "draem", "cutpaste", "normal"):
         assert synth in doc["metrics"], synth
         assert f"| {synth} |" in report
     for rel in ("comparison/results.json", "comparison/results.md", "comparison/bars.png",
@@ -51,7 +59,10 @@ def test_smoke_demo_writes_every_artifact_and_report_section(demo):
                 "logs/autoencoder/checkpoints/last.ckpt", "logs/ldm/checkpoints/last.ckpt",
                 "logs/ldm/timing.json", "logs/fast/brick+scratch/checkpoints/embeddings.pt",
                 "logs/console/train_ldm.log", "stages/train_ldm.json",
-                "generated/stage/brick/scratch/provenance.json", "logs/stage/brick+scratch/checkpoints/embeddings.pt"):
+                "generated/stage/brick/scratch/provenance.json", "logs/stage/brick+scratch/checkpoints/embeddings.pt",
+                "generated/grounding/brick/scratch/synthesis.json",
+                "logs/grounding-nogsm/brick+scratch/checkpoints/scm-3.pt",
+                "ablations/generated/groundinganomaly_w_o_ndi/brick/scratch/synthesis.json"):
         assert (out / rel).is_file(), rel
     assert len(list((out / "generated/fast/brick/scratch/image").glob("*.png"))) == 4
     assert "generated/fast/brick/scratch/contact_sheet.png" in report

@@ -104,7 +104,7 @@ def _check_pair(image: Path, mask: Path) -> None:
 class _CachedImages(Dataset):
     """Shared item plumbing: lazy decoding at the training size, a per-process cache, h-flips."""
 
-    def _init_common(self, size, repeats: int, flip_p: float, cache_images: bool) -> None:
+    def _init_common(self, size, repeats: int, flip_p: float, cache_images: bool, crop_size=None) -> None:
         self.size = parse_size(size)
         if self.size is None:
             raise UserError("size must be set (e.g. 256)")
@@ -114,6 +114,9 @@ class _CachedImages(Dataset):
         self.flip_p = float(flip_p)
         self.cache_images = bool(cache_images)
         self._cache: dict[int, np.ndarray] = {}
+        self.crop_size = parse_size(crop_size)
+        if self.crop_size is not None and any(c > s for c, s in zip(self.crop_size, self.size)):
+            raise UserError(f"crop_size {crop_size} is larger than size {size}")
 
     def _image(self, i: int, path: Path) -> np.ndarray:
         a = self._cache.get(i)
@@ -127,6 +130,10 @@ class _CachedImages(Dataset):
         image = image_u8.astype(np.float32) / 127.5 - 1.0
         if self.flip_p > 0 and random.random() < self.flip_p:
             image, mask = image[:, ::-1], mask[:, ::-1]
+        if self.crop_size is not None:  # a random window: more distinct samples per step for a conv net
+            (h, w), (ch, cw) = image.shape[:2], self.crop_size
+            top, left = random.randint(0, h - ch), random.randint(0, w - cw)
+            image, mask = image[top:top + ch, left:left + cw], mask[top:top + ch, left:left + cw]
         return {"image": np.ascontiguousarray(image, dtype=np.float32),
                 "mask": np.ascontiguousarray(mask, dtype=np.float32), "caption": caption, "name": name}
 
@@ -256,7 +263,7 @@ class NormalImagesDataset(_CachedImages):
                  anomaly_caption_template: Union[str, Sequence[str]] = "a photo of {defect} on {category}",
                  anomaly_split: str = "third", repeats: int = 1, set: str = "train", val_count: int = 2,
                  flip_p: float = 0.0, layout_params: Optional[dict] = None, placeholder: str = "*",
-                 empty_masks: str = "skip", cache_images: bool = False):
+                 empty_masks: str = "skip", cache_images: bool = False, crop_size=None):
         self.set = _norm_set(set)
         if self.set == "evaluation":
             raise UserError("NormalImagesDataset set must be train or validation")
@@ -265,7 +272,7 @@ class NormalImagesDataset(_CachedImages):
         self.anomaly_templates = resolve_templates(anomaly_caption_template, "anomaly_caption_template")
         self.placeholder = str(placeholder)
         self._init_common(size, repeats if self.set == "train" else 1, flip_p if self.set == "train" else 0.0,
-                          cache_images)
+                          cache_images, crop_size if self.set == "train" else None)
         lp = dict(layout_params or {})
         cats = _as_list(categories)
         if cats is None:
