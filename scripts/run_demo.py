@@ -11,9 +11,13 @@
 6. write ``<out>/report.md`` (stage times and peak memory, metrics, pictures).
 
 Tiers: default (<= 15 min on 2 CPU cores, one texture, one segmenter seed); ``--quick`` (a few
-minutes); ``--smoke`` (seconds per stage: the pipeline's plumbing, for tests); ``--full`` (every
-texture x 3 segmenter seeds, mean +- std, and two ablations on the same trained models: FARM on/off
-at generation, and AIAS-10 vs AIAS-50 vs DDPM-1000).
+minutes); ``--smoke`` (seconds per stage: the pipeline's plumbing, for tests); ``--full`` (the default
+budget on every texture x 3 segmenter seeds, mean +- std, STAGE and GroundingAnomaly rows, and the
+ablations). ``--stage`` / ``--grounding`` add those synthesizers to any tier; ``--ablations`` runs, on
+the same trained models, FAST with FARM on/off and AIAS-10 / AIAS-50 / DDPM-1000, and GroundingAnomaly
+w/o SCM's semantic map, w/o GSM (both trained once more) and w/o NDI. ``--family wild`` synthesises and
+evaluates the second defect family (other rendering code, never used for tuning) over the same
+texture-ad backbone, into ``comparison-wild/`` and ``report-wild.md``.
 
 The console shows one line per stage (progress bar and ETA on a terminal, a line a minute
 otherwise); every stage's full output is in ``<out>/logs/console/<stage>.log``. Every stage is
@@ -34,13 +38,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from ldm.data.texture_ad import FAMILIES  # noqa: E402
 from scripts.demo_stages import StageRunner, slug  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.progress import fmt_seconds  # noqa: E402
 
 TEXTURES = ("brick", "grass", "gravel")
-DEFECTS = "scratch,stain,crack,hole"
 REPORT_METRICS = (("iou_anomaly", "anomaly IoU"), ("acc_anomaly", "anomaly recall"), ("pixel_ap", "pixel AP"),
                   ("pixel_f1_max", "F1-max"), ("pixel_auroc", "pixel AUROC"), ("aupro_0.3", "AUPRO@0.3"))
 
@@ -49,7 +53,8 @@ TIERS = {
     "default": dict(ae_steps=250, ldm_steps=1000, fast_steps=200, n_samples=160, seg_steps=400),
     "quick": dict(ae_steps=60, ldm_steps=150, fast_steps=60, n_samples=40, seg_steps=60),
     "smoke": dict(ae_steps=3, ldm_steps=3, fast_steps=3, n_samples=4, seg_steps=3),
-    "full": dict(ae_steps=600, ldm_steps=2000, fast_steps=400, n_samples=500, seg_steps=600),
+    # the default budget on every texture with 3 segmenter seeds: it reuses a default run's stages
+    "full": dict(ae_steps=250, ldm_steps=1000, fast_steps=200, n_samples=160, seg_steps=400),
 }
 
 
@@ -57,8 +62,11 @@ def get_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="everything the demo writes goes here")
     p.add_argument("--category", default="brick", help="texture-ad category (brick, grass, gravel); --full: all")
-    p.add_argument("--defects", default=DEFECTS,
-                   help="defect types to synthesise (the comparison needs all of the category's types)")
+    p.add_argument("--family", choices=list(FAMILIES), default="texture-ad",
+                   help="defect family to synthesise and evaluate: texture-ad, or wild (other rendering code on "
+                        "the same normal images, never used to tune anything); the backbone is always texture-ad's")
+    p.add_argument("--defects", default=None,
+                   help="defect types to synthesise (default: all of --family; the comparison needs all of them)")
     tier = p.add_mutually_exclusive_group()
     tier.add_argument("--quick", action="store_true", help="small budgets everywhere (a few minutes)")
     tier.add_argument("--smoke", action="store_true", help="a few steps per stage: the plumbing only (tests)")
@@ -71,8 +79,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seg_steps", type=int, default=None, help="segmenter training steps per synthesizer")
     p.add_argument("--aias_steps", type=int, default=10, help="AIAS network calls (segments + 2 DDPM steps)")
     p.add_argument("--seeds", type=int, default=None, help="segmenter seeds (default 1; --full 3)")
-    p.add_argument("--ablation_samples", type=int, default=100,
-                   help="--full: pairs per defect type in the sampler ablation (DDPM-1000 is 100x AIAS-10)")
+    p.add_argument("--ablation_samples", type=int, default=24,
+                   help="pairs per defect type of every ablation variant (DDPM-1000 costs 100x AIAS-10)")
     p.add_argument("--ablation_categories", default="brick", help="--full: textures of the ablations")
     p.add_argument("--stage", action="store_true",
                    help="also train STAGE per defect type (same backbone and budget), generate STAGE-10 pairs and "
@@ -104,7 +112,7 @@ def resolve(opt) -> str:
     opt.grounding = bool(opt.grounding or opt.ablations)
     if opt.category not in TEXTURES:
         raise UserError(f"--category must be one of {', '.join(TEXTURES)}, got '{opt.category}'")
-    opt.defect_list = [d for d in opt.defects.split(",") if d]
+    opt.defect_list = [d for d in (opt.defects or ",".join(FAMILIES[opt.family])).split(",") if d]
     if not opt.defect_list:
         raise UserError("--defects is empty")
     return tier
@@ -136,22 +144,25 @@ class Demo:
     def __init__(self, opt, tier: str, runner: StageRunner):
         self.opt, self.tier, self.runner = opt, tier, runner
         self.out = Path(opt.out)
-        self.data = self.out / "data" / "texture-ad"
+        self.backbone_data = self.out / "data" / "texture-ad"   # autoencoder and LDM: always texture-ad
+        self.suffix = "" if opt.family == "texture-ad" else f"-{opt.family}"
+        self.data = self.out / "data" / f"texture-ad{self.suffix}"
         self.common = (["--gpus", opt.gpus] if opt.gpus else []) + (["--threads", str(opt.threads)]
                                                                       if opt.threads else [])
 
     # ---------------------------------------------------------------- stages
-    def dataset(self) -> None:
-        settings = {"stage": "dataset"}
-        name = "build texture-ad"
+    def dataset(self, family: str = "texture-ad") -> None:
+        settings = {"stage": "dataset"} if family == "texture-ad" else {"stage": "dataset", "family": family}
+        name = "build texture-ad" + ("" if family == "texture-ad" else f" ({family})")
+        root = self.out / "data" / ("texture-ad" if family == "texture-ad" else f"texture-ad-{family}")
         marker = self.runner.finished(name, settings)
-        if marker and (self.data / "brick").is_dir():
+        if marker and (root / "brick").is_dir():
             self.runner.skip(name, marker)
             return
         from ldm.data.texture_ad import build_texture_ad
 
         t = time.perf_counter()
-        build_texture_ad(self.data)
+        build_texture_ad(root, defects=FAMILIES[family])
         self.runner.record_inline(name, time.perf_counter() - t, settings, unit="textures", total=len(TEXTURES))
 
     def train(self, name: str, config: str, steps: int, overrides: list[str], extra_args=()) -> Path:
@@ -239,7 +250,9 @@ METHODS = {"fast": ("aias", "AIAS"), "stage": ("stage", "STAGE"), "grounding": (
 def pipeline(opt, tier: str, runner: StageRunner) -> dict:
     demo = Demo(opt, tier, runner)
     demo.dataset()
-    root = [f"data.params.train.params.root={demo.data}"]
+    if opt.family != "texture-ad":
+        demo.dataset(opt.family)
+    root = [f"data.params.train.params.root={demo.backbone_data}"]
     ae = demo.train("autoencoder", "configs/tiny/autoencoder.yaml", opt.ae_steps, root)
     ldm = demo.train("ldm", "configs/tiny/ldm.yaml", opt.ldm_steps,
                      root + [f"model.params.first_stage_config.params.ckpt_path={ae}"])
@@ -256,8 +269,9 @@ def pipeline(opt, tier: str, runner: StageRunner) -> dict:
     synths = ",".join(methods + ["draem", "cutpaste", "normal"])
     results = {}
     for seed in range(opt.seeds):
-        sub = demo.out / "comparison" if opt.seeds == 1 else demo.out / "comparison" / f"seed-{seed}"
-        results[seed] = demo.compare(f"compare seed {seed}", sub, opt.categories, synths, seed, dirs, opt.n_samples)
+        comparison = demo.out / f"comparison{demo.suffix}"
+        sub = comparison if opt.seeds == 1 else comparison / f"seed-{seed}"
+        results[seed] = demo.compare(f"compare{demo.suffix.replace('-', ' ')} seed {seed}", sub, opt.categories, synths, seed, dirs, opt.n_samples)
     ablations = {}
     if opt.ablations:
         ablations = run_ablations(opt, demo, ldm, runs)
@@ -285,7 +299,7 @@ def run_ablations(opt, demo: Demo, ldm: Path, runs: dict) -> dict:
     cats = [c for c in opt.ablation_categories.split(",") if c]
     out = {}
     for label, method, variant, overrides, sampler, steps, farm, gen_args in ABLATIONS:
-        folder = demo.out / "ablations" / "generated" / slug(label.lower())
+        folder = demo.out / f"ablations{demo.suffix}" / "generated" / slug(label.lower())
         gen = []
         for cat in cats:
             for defect in opt.defect_list:
@@ -296,8 +310,8 @@ def run_ablations(opt, demo: Demo, ldm: Path, runs: dict) -> dict:
                                          steps=steps, farm_mode=farm, label=label, extra_args=gen_args))
         seeds = {}
         for seed in range(opt.seeds):
-            sub = demo.out / "ablations" / "comparison" / folder.name / f"seed-{seed}"
-            seeds[seed] = demo.compare(f"compare {label} seed {seed}", sub, cats, method, seed,
+            sub = demo.out / f"ablations{demo.suffix}" / "comparison" / folder.name / f"seed-{seed}"
+            seeds[seed] = demo.compare(f"compare{demo.suffix.replace('-', ' ')} {label} seed {seed}", sub, cats, method, seed,
                                        {method: folder}, opt.ablation_samples)
         out[label] = {"results": seeds, "generation": gen, "method": method}
     return out
@@ -353,12 +367,15 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
     from utils.atomic import write_text_atomic
 
     out = Path(opt.out)
+    suffix = "" if opt.family == "texture-ad" else f"-{opt.family}"
+    comparison = out / f"comparison{suffix}"
     docs = load_results(res["results"])
     table, summary = metrics_table(docs)
     n_seeds = len(docs)
-    cmd = "bash scripts/demo.sh" + {"default": "", "quick": " --quick", "smoke": " --smoke", "full": " --full"}[tier]
+    cmd = ("bash scripts/demo.sh" + {"default": "", "quick": " --quick", "smoke": " --smoke", "full": " --full"}[tier]
+           + (f" --family {opt.family}" if suffix else ""))
     threads = opt.threads or os.cpu_count()
-    lines = [f"# FAST embedded demo — {tier} run", "",
+    lines = [f"# FAST embedded demo — {tier} run" + (f", {opt.family} defect family" if suffix else ""), "",
              f"Command: `{cmd}` (scripts/run_demo.py). Machine: {os.cpu_count()} CPU cores ({platform.machine()}), "
              f"{threads} torch threads per stage, {'GPU ' + opt.gpus if opt.gpus else 'CPU only'}. "
              f"Finished {time.strftime('%Y-%m-%d %H:%M')}; this invocation took **{fmt_seconds(wall)}** "
@@ -378,7 +395,7 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
         beats = all(f_iou > v for v in others.values())
         lines += [f"FAST {'beats' if beats else 'does not beat'} DRAEM and CutPaste on mean anomaly IoU "
                   f"({100 * f_iou:.1f} vs " + ", ".join(f"{s} {100 * v:.1f}" for s, v in others.items()) + ").", ""]
-    chart = out / "comparison" / "bars.png" if n_seeds == 1 else out / "comparison" / "seed-0" / "bars.png"
+    chart = comparison / "bars.png" if n_seeds == 1 else comparison / "seed-0" / "bars.png"
     lines += ["## Pictures", ""]
     if chart.is_file():
         lines += [f"Bar chart (seed 0): ![bars]({rel(chart, out)})", ""]
@@ -398,9 +415,9 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
     shown = [(label, p) for label, p in shown if p is not None]
     lines += ["Training grids (latest):", ""] + ([f"- {label}: ![]({rel(p, out)})" for label, p in shown]
                                                  or ["- none yet (image logging starts at step 200)"]) + [""]
-    sheets = sorted((out / "comparison").rglob("sheets/*/*.png"))
+    sheets = sorted(comparison.rglob("sheets/*/*.png"))
     lines += [f"Segmenter contact sheets (test image | GT | probability | prediction): "
-              f"{len(sheets)} under `comparison/**/sheets/`.", ""]
+              f"{len(sheets)} under `{comparison.name}/**/sheets/`.", ""]
     lines += ["## Sampler speed", "", "| generation | pairs | wall time | s / pair |", "|---|---|---|---|"]
     for g in res["generation"] + [g for a in res["ablations"].values() for g in a["generation"]]:
         if g.get("total"):
@@ -427,14 +444,14 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
                          f"{c('aupro_0.3')} | {secs:.3f} |")
         lines.append("")
     lines += ["## Where to look", "",
-              "- `comparison/results.md` (every metric, generation-quality table), `comparison/bars.png`",
+              f"- `{comparison.name}/results.md` (every metric, generation-quality table), `{comparison.name}/bars.png`",
               "- `generated/fast/<texture>/<defect>/` (pairs, `contact_sheet.png`, `synthesis.json`)",
               "- `logs/<stage>/` (checkpoints, image grids, `timing.json`), `logs/console/*.log` (full output)",
               "- `stages/*.json` (per-stage time and peak memory, used to skip finished stages)", ""]
     doc = {"tier": tier, "wall_seconds": wall, "stages": [r.as_dict() for r in runner.records],
            "metrics": summary, "budget": {k: getattr(opt, k) for k in TIERS["default"]}}
-    write_text_atomic(out / "report.json", json.dumps(doc, indent=1, default=str) + "\n")
-    path = out / "report.md"
+    write_text_atomic(out / f"report{suffix}.json", json.dumps(doc, indent=1, default=str) + "\n")
+    path = out / f"report{suffix}.md"
     write_text_atomic(path, "\n".join(lines))
     return path, table
 
@@ -455,7 +472,8 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     report, table = write_report(opt, tier, runner, res, wall)
     print(f"\nDemo finished in {fmt_seconds(wall)}.\n\n{runner.table()}\n\n{table}\n\n"
-          f"Report: {report}\nComparison: {out / 'comparison'}\nPairs: {out / 'generated' / 'fast'}", flush=True)
+          f"Report: {report}\nComparison: {report.parent / report.stem.replace('report', 'comparison')}\n"
+          f"Pairs: {out / 'generated' / 'fast'}", flush=True)
     return 0
 
 

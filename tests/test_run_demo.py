@@ -123,3 +123,22 @@ def test_stage_runner_reads_child_progress(tmp_path):
     r.run("count", [sys.executable, "-c", code], {}, total=5, cwd=ROOT)
     text = r.stream.getvalue()
     assert "/5 steps" in text and "ETA" in text
+
+
+def test_wild_family_trains_on_its_own_data_over_the_texture_ad_backbone(tmp_path):
+    """--family wild: its own dataset, defect types, comparison and report; the autoencoder and LDM
+    (and their data) stay texture-ad's, so one backbone serves both families."""
+    from ldm.data.texture_ad import FAMILIES
+    from scripts.run_demo import Demo, get_parser, resolve
+
+    opt = get_parser().parse_args(["--family", "wild", "--out", str(tmp_path)])
+    tier = resolve(opt)
+    assert opt.defect_list == list(FAMILIES["wild"]) and set(opt.defect_list).isdisjoint(FAMILIES["texture-ad"])
+    demo = Demo(opt, tier, StageRunner(tmp_path))
+    assert demo.data == tmp_path / "data" / "texture-ad-wild"
+    assert demo.backbone_data == tmp_path / "data" / "texture-ad"
+    assert demo.suffix == "-wild"
+    plain = get_parser().parse_args(["--out", str(tmp_path)])
+    default = Demo(plain, resolve(plain), StageRunner(tmp_path))
+    assert plain.defect_list == list(FAMILIES["texture-ad"])
+    assert default.suffix == "" and default.data == default.backbone_data
