@@ -50,11 +50,11 @@ REPORT_METRICS = (("iou_anomaly", "anomaly IoU"), ("acc_anomaly", "anomaly recal
 
 # budgets per tier: (ae, ldm, fast, n_samples, seg_steps)
 TIERS = {
-    "default": dict(ae_steps=250, ldm_steps=1000, fast_steps=200, n_samples=160, seg_steps=400),
+    "default": dict(ae_steps=250, ldm_steps=1000, fast_steps=200, n_samples=128, seg_steps=400),
     "quick": dict(ae_steps=60, ldm_steps=150, fast_steps=60, n_samples=40, seg_steps=60),
     "smoke": dict(ae_steps=3, ldm_steps=3, fast_steps=3, n_samples=4, seg_steps=3),
     # the default budget on every texture with 3 segmenter seeds: it reuses a default run's stages
-    "full": dict(ae_steps=250, ldm_steps=1000, fast_steps=200, n_samples=160, seg_steps=400),
+    "full": dict(ae_steps=250, ldm_steps=1000, fast_steps=200, n_samples=128, seg_steps=400),
 }
 
 
