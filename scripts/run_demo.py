@@ -88,9 +88,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--grounding", action="store_true",
                    help="also train GroundingAnomaly per defect type (same backbone and budget), generate NDI+AIAS "
                         "pairs and add a 'grounding' row (always on with --full; --full adds its ablations)")
-    p.add_argument("--ablations", action="store_true",
-                   help="run the ablations of --full (FARM off, AIAS-50, DDPM-1000; GroundingAnomaly w/o SCM, GSM, "
-                        "NDI) at this tier's budget; implies --grounding")
+    p.add_argument("--ablations", nargs="?", const="all", default=None, choices=("all", "fast", "grounding"),
+                   help="run the ablations of --full at this tier's budget: fast (FARM off, AIAS-50, DDPM-1000), "
+                        "grounding (w/o SCM, GSM, NDI; implies --grounding) or all (the default)")
     p.add_argument("--gpus", default=None, help="as main.py --gpus (default: CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per stage (0: one per core)")
     return p
@@ -108,8 +108,9 @@ def resolve(opt) -> str:
             raise UserError(f"--{k} must be >= 1, got {getattr(opt, k)}")
     opt.categories = list(TEXTURES) if opt.full else [opt.category]
     opt.stage = bool(opt.stage or opt.full)
-    opt.ablations = bool(opt.ablations or opt.full)
-    opt.grounding = bool(opt.grounding or opt.ablations)
+    if opt.full and opt.ablations is None:
+        opt.ablations = "all"
+    opt.grounding = bool(opt.grounding or opt.full or opt.ablations in ("all", "grounding"))
     if opt.category not in TEXTURES:
         raise UserError(f"--category must be one of {', '.join(TEXTURES)}, got '{opt.category}'")
     opt.defect_list = [d for d in (opt.defects or ",".join(FAMILIES[opt.family])).split(",") if d]
@@ -299,6 +300,8 @@ def run_ablations(opt, demo: Demo, ldm: Path, runs: dict) -> dict:
     cats = [c for c in opt.ablation_categories.split(",") if c]
     out = {}
     for label, method, variant, overrides, sampler, steps, farm, gen_args in ABLATIONS:
+        if opt.ablations not in ("all", method):
+            continue
         folder = demo.out / f"ablations{demo.suffix}" / "generated" / slug(label.lower())
         gen = []
         for cat in cats:

@@ -142,3 +142,14 @@ def test_wild_family_trains_on_its_own_data_over_the_texture_ad_backbone(tmp_pat
     default = Demo(plain, resolve(plain), StageRunner(tmp_path))
     assert plain.defect_list == list(FAMILIES["texture-ad"])
     assert default.suffix == "" and default.data == default.backbone_data
+
+
+@pytest.mark.parametrize("args,ablations,grounding", [
+    ([], None, False), (["--ablations"], "all", True), (["--ablations", "fast"], "fast", False),
+    (["--ablations", "grounding"], "grounding", True), (["--full"], "all", True)])
+def test_ablation_sets_and_what_they_imply(tmp_path, args, ablations, grounding):
+    from scripts.run_demo import get_parser, resolve
+
+    opt = get_parser().parse_args(["--out", str(tmp_path), *args])
+    resolve(opt)
+    assert opt.ablations == ablations and opt.grounding is grounding
