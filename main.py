@@ -289,7 +289,7 @@ def run(argv: list[str] | None = None):
         RNGStateCallback(),  # first: restores the random stream before any other batch hook runs
         SetupCallback(bool(opt.resume), now, logdir, ckptdir, cfgdir, config, lightning_config),
         ImageLogger(save_dir=logdir, **image_cfg),
-        ModelCheckpoint(**ckpt_params),
+        checkpointer := ModelCheckpoint(**ckpt_params),
         ArtifactExporter(ckptdir, every_n),
         LearningRateMonitor(logging_interval="step"),
         TrainingProgress(logdir, lines=not interactive),
@@ -311,9 +311,22 @@ def run(argv: list[str] | None = None):
 
     if opt.train:
         trainer.fit(model, data, ckpt_path=resume_ckpt)
+        if not trainer.interrupted:
+            save_final_checkpoint(trainer, checkpointer, ckptdir)
     if not opt.no_test and not trainer.interrupted and _has_test(model, data):
         trainer.test(model, data)
     return trainer, model
+
+
+def save_final_checkpoint(trainer, checkpointer, ckptdir: str) -> None:
+    """The last step is always in ``last.ckpt``: ``every_n_train_steps`` alone would leave the final
+    ``max_steps % every_n`` steps unsaved (a 250-step run kept its 200-step weights, and the next stage
+    silently used them)."""
+    step = int(trainer.global_step)
+    if step == 0 or getattr(checkpointer, "_last_global_step_saved", None) == step:
+        return
+    trainer.save_checkpoint(os.path.join(ckptdir, f"epoch={trainer.current_epoch:06}-step={step:09}.ckpt"))
+    trainer.save_checkpoint(os.path.join(ckptdir, "last.ckpt"))
 
 
 def main(argv: list[str] | None = None) -> int:

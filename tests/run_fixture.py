@@ -71,3 +71,17 @@ def backbone_ckpt_from_config(config_path: str, path: Path) -> Path:
     ldm = instantiate_from_config({"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": params})
     torch.save({"state_dict": ldm.state_dict()}, path)
     return path
+
+
+def record_timesteps(model, monkeypatch) -> list:
+    """The timestep of every ``apply_model`` call of ``model`` from now on (first element: where sampling
+    started)."""
+    calls = []
+    real = model.apply_model
+
+    def spy(x, t, *a, **k):
+        calls.append(int(t[0]))
+        return real(x, t, *a, **k)
+
+    monkeypatch.setattr(model, "apply_model", spy)
+    return calls

@@ -16,7 +16,7 @@ from ldm.models.diffusion.schedule import NoiseSchedule
 from ldm.pairs import pair_seed, read_index
 from ldm.segmentation.data import EvaluationSet
 from ldm.segmentation.leakage import check_leakage
-from tests.run_fixture import gen_args, make_dataset, make_run
+from tests.run_fixture import gen_args, make_dataset, make_run, record_timesteps
 from utils.errors import UserError
 
 
@@ -285,14 +285,7 @@ def test_grounding_runs_generate_through_the_same_library_path(tmp_path, monkeyp
     opt = gen.options(gen_args(data, ckdir, tmp_path / "out", "--steps", "6", "--n_samples", "2"))
     run = load_run(opt, torch.device("cpu"))
     assert sorted(run.model.embedding_manager.string_to_param_dict) == ["brick+crack", "brick+scratch"]
-    calls = []
-    real = run.model.apply_model
-
-    def spy(x, t, *a, **k):
-        calls.append(int(t[0]))
-        return real(x, t, *a, **k)
-
-    monkeypatch.setattr(run.model, "apply_model", spy)
+    calls = record_timesteps(run.model, monkeypatch)
     out = generate_pairs(opt, run=run, log=lambda *_: None)
     assert out["written"] == 2 and calls[0] == 500                    # NDI: the first call at t_start
     settings = json.loads((tmp_path / "out" / "brick" / "scratch" / "synthesis.json").read_text())

@@ -22,7 +22,7 @@ from ldm.models.diffusion.samplers.rng import BatchRNG
 from ldm.modules.grounding import SpatialConditioning
 from ldm.modules.grounding.gsm import transformer_blocks
 from ldm.util import instantiate_from_config
-from tests.run_fixture import backbone_ckpt_from_config, gen_args, make_dataset, make_run
+from tests.run_fixture import backbone_ckpt_from_config, gen_args, make_dataset, make_run, record_timesteps
 from tests.tiny_configs import UNET, ldm_config
 from tests.tiny_configs import grounding_config as tiny_grounding_config
 from utils.errors import InputNotFound, UserError
@@ -72,6 +72,15 @@ def _inputs(b=2):
     mask = torch.zeros(b, 32, 32)
     mask[:, 8:24, 6:18] = 1
     return x, t, mask
+
+
+def _grounded_output(model):
+    """The UNet output of ``model`` on fixed inputs, conditioned on its text and SCM tokens."""
+    x, t, mask = _inputs()
+    c = {"caption": ["Anomaly *"] * 2, "name": [NAME] * 2}
+    with torch.no_grad():
+        return model.apply_model(x, t, model.get_learned_conditioning(c),
+                                 grounding=model.grounding_tokens(mask, [NAME] * 2))
 
 
 def _backbone_out(ldm, x, t, captions):
@@ -282,17 +291,12 @@ def test_artifacts_export_reload_and_generate_contract(backbone_ckpt, tmp_path):
     with pytest.raises(UserError, match=r"available: \[5\]"):
         fresh.load_artifacts(tmp_path, 6)
     fresh.load_artifacts(tmp_path, 5)
-    x, t, mask = _inputs()
-    c = {"caption": ["Anomaly *"] * 2, "name": [NAME] * 2}
-    with torch.no_grad():
-        a = m.apply_model(x, t, m.get_learned_conditioning(c), grounding=m.grounding_tokens(mask, [NAME] * 2))
-        b = fresh.apply_model(x, t, fresh.get_learned_conditioning(c),
-                              grounding=fresh.grounding_tokens(mask, [NAME] * 2))
-    assert torch.equal(a, b)
+    assert torch.equal(*(_grounded_output(model) for model in (m, fresh)))
     other = _model(backbone_ckpt, names=[NAME])  # built for other names: refused, not silently fresh
     with pytest.raises(UserError, match="SCM anomaly tokens"):
         other.load_artifacts(tmp_path, 5)
     # generation's guidance options: FAST's farm_mode accepted, unknown keys refused
+    mask = _inputs()[2]
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     s = m.make_sampler("ddim", 5)
     m.generate(images, mask[:, None], ["Anomaly *"] * 2, [NAME] * 2, s, BatchRNG([0, 1]),
@@ -439,18 +443,13 @@ def test_without_gsm_artifacts_round_trip_and_generate(backbone_ckpt, no_gsm, tm
     assert available_artifact_steps(tmp_path) == [4]
     fresh = _model(backbone_ckpt, gsm=False).eval()
     fresh.load_artifacts(tmp_path, 4)
-    x, t, mask = _inputs()
-    c = {"caption": ["Anomaly *"] * 2, "name": [NAME] * 2}
-    with torch.no_grad():
-        a = m.apply_model(x, t, m.get_learned_conditioning(c), grounding=m.grounding_tokens(mask, [NAME] * 2))
-        b = fresh.apply_model(x, t, fresh.get_learned_conditioning(c),
-                              grounding=fresh.grounding_tokens(mask, [NAME] * 2))
-    assert torch.equal(a, b)
+    assert torch.equal(*(_grounded_output(model) for model in (m, fresh)))
     with pytest.raises(InputNotFound, match="gsm-4"):  # a GSM config needs the run's GSM weights
         _model(backbone_ckpt).load_artifacts(tmp_path, 4)
     _model(backbone_ckpt).export_artifacts(tmp_path, 6)
     with pytest.raises(UserError, match="gsm: false"):  # and GSM weights are never silently dropped
         fresh.load_artifacts(tmp_path, 6)
+    mask = _inputs()[2]
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
     out = m.generate(images, mask[:, None], ["Anomaly *"] * 2, [NAME] * 2, m.make_sampler("ddim", 3), BatchRNG([0, 1]))
     assert out.shape == images.shape and torch.isfinite(out).all()
@@ -495,14 +494,7 @@ def test_generate_cli_ndi_off_without_gsm(tmp_path, monkeypatch, backbone_ckpt):
     assert opt.ndi is False and gen.options(base).ndi is True
     run = load_run(opt, torch.device("cpu"))
     assert run.model.gsm is None
-    calls = []
-    real = run.model.apply_model
-
-    def spy(x, t, *a, **k):
-        calls.append(int(t[0]))
-        return real(x, t, *a, **k)
-
-    monkeypatch.setattr(run.model, "apply_model", spy)
+    calls = record_timesteps(run.model, monkeypatch)
     out = generate_pairs(opt, run=run, log=lambda *_: None)
     assert out["written"] == 1 and out["nfe"] == 3 and calls[0] == 999
     settings = json.loads((tmp_path / "out" / "brick" / "scratch" / "synthesis.json").read_text())

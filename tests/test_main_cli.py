@@ -10,6 +10,8 @@ import main as main_mod
 from ldm.data.texture_ad import build_texture_ad
 from tests.tiny_configs import fast_config, ldm_config
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def texture_root(tmp_path_factory):
@@ -75,6 +77,28 @@ def test_resume_restores_weights_optimizer_and_step(ldm_run):
     assert [c.split("-step=")[-1] for c in ckpts] == ["000000002.ckpt", "000000004.ckpt", "000000006.ckpt",
                                                       "last.ckpt"], ckpts
     assert torch.load(logdir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 6
+
+
+def test_the_last_step_is_saved_when_max_steps_is_off_the_checkpoint_period(texture_root, tmp_path):
+    """every_n_train_steps=2, max_steps=3, mid-epoch, manual optimization (the autoencoder): step 3 must
+    reach last.ckpt -- it used to stay at step 2 (the demo's 250-step autoencoder kept its 200-step
+    weights and the LDM silently trained on them) -- and resuming from it continues at 3."""
+    from omegaconf import OmegaConf
+
+    model = OmegaConf.to_container(OmegaConf.load(ROOT / "configs/tiny/autoencoder.yaml").model)
+    model["params"]["ddconfig"]["resolution"] = 32
+    cfg = _write_config(tmp_path / "ae.yaml", model, _normal_images(texture_root), every_n=2, max_steps=3)
+    trainer, ae = main_mod.run(["--base", str(cfg), "-t", "-l", str(tmp_path / "logs"), "-lf", "ae", "--gpus", "none"])
+    assert trainer.global_step == 3 and trainer.num_training_batches > 3  # the end is mid-epoch
+    ckdir = tmp_path / "logs" / "ae" / "checkpoints"
+    last = torch.load(ckdir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 3
+    assert all(torch.equal(v, last["state_dict"][k]) for k, v in ae.state_dict().items())
+    assert sorted(p.name.split("-step=")[-1] for p in ckdir.glob("epoch=*.ckpt")) == ["000000002.ckpt",
+                                                                                       "000000003.ckpt"]
+    trainer, _ = main_mod.run(["-r", str(tmp_path / "logs" / "ae"), "-t", "--max_steps", "4", "--gpus", "none"])
+    assert trainer.global_step == 4
+    assert torch.load(ckdir / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 4
 
 
 def test_log_folder_never_doubles_logs(tmp_path, monkeypatch):
