@@ -26,7 +26,7 @@ ABLATIONS = ("FAST, AIAS-10", "FAST, AIAS-10, FARM off", "FAST, AIAS-50", "FAST,
 def _run_demo(out: Path) -> str:
     cmd = [sys.executable, "scripts/run_demo.py", "--smoke", "--stage", "--ablations", "--ablation_samples", "2",
            "--defects", "scratch", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)  # ~4 min alone
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
