@@ -640,8 +640,6 @@ def check_first_stage(run: TrainedRun, inputs, size: int, opt: GenerationOptions
                       count: int = 16) -> dict:
     """``decode(encode(x))`` on up to ``count`` distinct normal images (``ldm.first_stage_check``); warns
     when the autoencoder would put its own error into every defect."""
-    import torch
-
     from ldm.first_stage_check import round_trip, verdict
 
     seen, images = set(), []
@@ -653,8 +651,7 @@ def check_first_stage(run: TrainedRun, inputs, size: int, opt: GenerationOptions
         images.append(to_model_size(item, size, opt.native_margin)[0]["image"])
         if len(images) == count:
             break
-    with torch.inference_mode():
-        stats = round_trip(run.model, images)
+    stats = round_trip(run.model, images)  # no_grad inside
     warning = verdict(stats)
     if warning:
         log(f"[generate] warning: {warning}")

@@ -49,13 +49,18 @@ REPORT_METRICS = (("iou_anomaly", "anomaly IoU"), ("acc_anomaly", "anomaly recal
                   ("pixel_f1_max", "F1-max"), ("pixel_auroc", "pixel AUROC"), ("aupro_0.3", "AUPRO@0.3"))
 
 # budgets per tier: (ae, ldm, fast, n_samples, seg_steps)
+DEFAULT_BUDGET = dict(ae_steps=250, ldm_steps=1000, fast_steps=200, n_samples=128, seg_steps=400)
 TIERS = {
-    "default": dict(ae_steps=250, ldm_steps=1000, fast_steps=200, n_samples=128, seg_steps=400),
+    "default": DEFAULT_BUDGET,
     "quick": dict(ae_steps=60, ldm_steps=150, fast_steps=60, n_samples=40, seg_steps=60),
     "smoke": dict(ae_steps=3, ldm_steps=3, fast_steps=3, n_samples=4, seg_steps=3),
-    # the default budget on every texture with 3 segmenter seeds: it reuses a default run's stages
-    "full": dict(ae_steps=250, ldm_steps=1000, fast_steps=200, n_samples=128, seg_steps=400),
+    "full": DEFAULT_BUDGET,  # on every texture with 3 segmenter seeds: it reuses a default run's stages
 }
+
+
+def family_suffix(family: str) -> str:
+    """``""`` for texture-ad, ``-<family>`` otherwise: the suffix of a family's data, comparison and report."""
+    return "" if family == "texture-ad" else f"-{family}"
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -145,17 +150,25 @@ class Demo:
     def __init__(self, opt, tier: str, runner: StageRunner):
         self.opt, self.tier, self.runner = opt, tier, runner
         self.out = Path(opt.out)
-        self.backbone_data = self.out / "data" / "texture-ad"   # autoencoder and LDM: always texture-ad
-        self.suffix = "" if opt.family == "texture-ad" else f"-{opt.family}"
-        self.data = self.out / "data" / f"texture-ad{self.suffix}"
+        self.backbone_data = self.data_root("texture-ad")   # autoencoder and LDM: always texture-ad
+        self.suffix = family_suffix(opt.family)
+        self.data = self.data_root(opt.family)
         self.common = (["--gpus", opt.gpus] if opt.gpus else []) + (["--threads", str(opt.threads)]
                                                                       if opt.threads else [])
 
+    def data_root(self, family: str) -> Path:
+        return self.out / "data" / f"texture-ad{family_suffix(family)}"
+
+    def compare_name(self, label: str) -> str:
+        """Stage name of a comparison (``compare seed 0``, ``compare wild seed 0``, ...)."""
+        return f"compare{self.suffix.replace('-', ' ')} {label}"
+
     # ---------------------------------------------------------------- stages
     def dataset(self, family: str = "texture-ad") -> None:
-        settings = {"stage": "dataset"} if family == "texture-ad" else {"stage": "dataset", "family": family}
-        name = "build texture-ad" + ("" if family == "texture-ad" else f" ({family})")
-        root = self.out / "data" / ("texture-ad" if family == "texture-ad" else f"texture-ad-{family}")
+        plain = family == "texture-ad"
+        settings = {"stage": "dataset"} if plain else {"stage": "dataset", "family": family}
+        name = "build texture-ad" + ("" if plain else f" ({family})")
+        root = self.data_root(family)
         marker = self.runner.finished(name, settings)
         if marker and (root / "brick").is_dir():
             self.runner.skip(name, marker)
@@ -269,10 +282,11 @@ def pipeline(opt, tier: str, runner: StageRunner) -> dict:
                                           sampler=sampler, steps=opt.aias_steps, label=f"{label}-{opt.aias_steps}"))
     synths = ",".join(methods + ["draem", "cutpaste", "normal"])
     results = {}
+    comparison = demo.out / f"comparison{demo.suffix}"
     for seed in range(opt.seeds):
-        comparison = demo.out / f"comparison{demo.suffix}"
         sub = comparison if opt.seeds == 1 else comparison / f"seed-{seed}"
-        results[seed] = demo.compare(f"compare{demo.suffix.replace('-', ' ')} seed {seed}", sub, opt.categories, synths, seed, dirs, opt.n_samples)
+        results[seed] = demo.compare(demo.compare_name(f"seed {seed}"), sub, opt.categories, synths, seed, dirs,
+                                     opt.n_samples)
     ablations = {}
     if opt.ablations:
         ablations = run_ablations(opt, demo, ldm, runs)
@@ -314,7 +328,7 @@ def run_ablations(opt, demo: Demo, ldm: Path, runs: dict) -> dict:
         seeds = {}
         for seed in range(opt.seeds):
             sub = demo.out / f"ablations{demo.suffix}" / "comparison" / folder.name / f"seed-{seed}"
-            seeds[seed] = demo.compare(f"compare{demo.suffix.replace('-', ' ')} {label} seed {seed}", sub, cats, method, seed,
+            seeds[seed] = demo.compare(demo.compare_name(f"{label} seed {seed}"), sub, cats, method, seed,
                                        {method: folder}, opt.ablation_samples)
         out[label] = {"results": seeds, "generation": gen, "method": method}
     return out
@@ -370,7 +384,7 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
     from utils.atomic import write_text_atomic
 
     out = Path(opt.out)
-    suffix = "" if opt.family == "texture-ad" else f"-{opt.family}"
+    suffix = family_suffix(opt.family)
     comparison = out / f"comparison{suffix}"
     docs = load_results(res["results"])
     table, summary = metrics_table(docs)
@@ -475,7 +489,7 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     report, table = write_report(opt, tier, runner, res, wall)
     print(f"\nDemo finished in {fmt_seconds(wall)}.\n\n{runner.table()}\n\n{table}\n\n"
-          f"Report: {report}\nComparison: {report.parent / report.stem.replace('report', 'comparison')}\n"
+          f"Report: {report}\nComparison: {out / ('comparison' + family_suffix(opt.family))}\n"
           f"Pairs: {out / 'generated' / 'fast'}", flush=True)
     return 0
 
