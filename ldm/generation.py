@@ -595,6 +595,7 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
         check_manifest(writer.root, pixel_settings(run, opt, split, layout, size, sampler))
         prov = provenance(run, opt, split, masks)
         prov["first_stage_round_trip"] = check_first_stage(run, inputs, size, opt, log)
+        prov["first_stage_defect_contrast"] = check_defect_contrast(run, opt, layout, split, size, log)
         write_provenance(writer.root, prov)
     mine = range(opt.rank, opt.n_samples, opt.world_size)
     todo = [n for n in mine if not writer.done(n)]
@@ -652,6 +653,40 @@ def check_first_stage(run: TrainedRun, inputs, size: int, opt: GenerationOptions
         if len(images) == count:
             break
     stats = round_trip(run.model, images)  # no_grad inside
+    warning = verdict(stats)
+    if warning:
+        log(f"[generate] warning: {warning}")
+    return stats
+
+
+def real_defects(opt: GenerationOptions, layout: str, split: str, size, count: int = 16) -> tuple[list, list]:
+    """Up to ``count`` generator-side real defect images ([-1, 1]) and masks of this category+defect, found
+    through ``--mask_path`` or ``--data_root``; ``([], [])`` when neither is a dataset holding them."""
+    import numpy as np
+
+    from ldm.data.io import load_image_uint8, load_mask
+    from ldm.data.layouts import index_category, resolve_mvtec_path, split_anomalies
+
+    for path in (opt.mask_path, opt.data_root):
+        if path is None:
+            continue
+        try:
+            root, cat, defect = resolve_mvtec_path(path, category=opt.sample_name, defect=opt.anomaly_name)[:3]
+            samples = split_anomalies(index_category(layout, root, cat).samples(defect), split)[0][:count]
+        except (OSError, ValueError, KeyError, UserError):
+            continue  # not a dataset folder this layout can index: a plain folder of masks
+        if samples:
+            return ([load_image_uint8(s.image, size).astype(np.float32) / 127.5 - 1.0 for s in samples],
+                    [load_mask(s.mask, size) for s in samples])
+    return [], []
+
+
+def check_defect_contrast(run: TrainedRun, opt: GenerationOptions, layout: str, split: str, size, log=print) -> dict:
+    """What the first stage keeps of the real defects' contrast (``ldm.first_stage_check.defect_contrast``);
+    warns when generated defects would come out fainter than the real ones whatever the generator does."""
+    from ldm.first_stage_check import defect_contrast, verdict
+
+    stats = defect_contrast(run.model, *real_defects(opt, layout, split, size))
     warning = verdict(stats)
     if warning:
         log(f"[generate] warning: {warning}")

@@ -326,10 +326,37 @@ def test_first_stage_round_trip_measures_psnr_and_colour_shift():
     assert "PSNR 15.0 dB" in verdict(blurred)
 
 
+class _FadingFirstStage(_ShiftingFirstStage):
+    """Decodes every pixel halfway to mid-grey: a defect keeps half its contrast against its background."""
+
+    def decode_first_stage(self, z):
+        return 0.5 * z + self.shift
+
+
+def test_defect_contrast_is_the_share_of_real_contrast_the_round_trip_keeps():
+    from ldm.first_stage_check import defect_contrast, verdict
+
+    image = np.full((8, 8, 3), -0.2, np.float32)
+    image[2:4, 2:6] = 0.6                               # a bright defect: contrast 0.8 = 102 levels
+    mask = np.zeros((8, 8), np.float32)
+    mask[2:4, 2:6] = 1
+    images, masks = [image, image], [mask, mask]
+    exact = defect_contrast(_ShiftingFirstStage([0.1, -0.1, 0.2]), images, masks)  # a cast, not a fade
+    assert exact["defects"] == 2 and exact["kept"] == pytest.approx(1.0) and verdict(exact) is None
+    assert exact["contrast_real"] == pytest.approx(0.8 * 127.5, abs=0.01)
+    faded = defect_contrast(_FadingFirstStage([0.0, 0.0, 0.0]), images, masks)
+    assert faded["kept"] == pytest.approx(0.5) and faded["contrast_decoded"] == pytest.approx(0.4 * 127.5, abs=0.01)
+    assert "keeps only 50% of the real defects' contrast" in verdict(faded)
+    empty = defect_contrast(_FadingFirstStage([0.0, 0.0, 0.0]), images, [np.zeros((8, 8))] * 2)
+    assert empty["defects"] == 0 and verdict(empty) is None  # no defect pixels: nothing to measure
+
+
 def test_generation_records_the_round_trip_and_warns_when_poor(world, tmp_path, capsys):
     work, data, ckdir = world  # random tiny weights: the autoencoder reproduces nothing
     gen.main(gen_args(data, ckdir, tmp_path / "out", "--n_samples", "3"))
     prov = json.loads((tmp_path / "out" / "brick" / "scratch" / "provenance.json").read_text())
     stats = prov["first_stage_round_trip"]
     assert 1 <= stats["images"] <= 3 and stats["psnr_db"] < 20
+    defects = prov["first_stage_defect_contrast"]  # the generator side of the real scratches, through the decoder
+    assert defects["defects"] >= 1 and defects["contrast_real"] > 0 and defects["kept"] is not None
     assert "the autoencoder reproduces these normal images poorly" in capsys.readouterr().out
