@@ -179,8 +179,15 @@ def inject_dataset(config, opt) -> tuple[str | None, str | None]:
             split.params = {}
         for key, value in (("root", root), ("category", category), ("defect", defect)):
             if value is not None and (key in split.params or _accepts(split.target, key)):
-                split.params[key] = str(value)
+                split.params[key] = [str(v) for v in value] if _is_list(value) else str(value)
     return category, defect
+
+
+def _is_list(value) -> bool:
+    """A list of defect types (``defect=[crack,scratch]``): kept a list, not written as its repr."""
+    from omegaconf import ListConfig
+
+    return isinstance(value, (list, tuple, ListConfig))
 
 
 def configure_personalization(config, opt, category, defect) -> None:
@@ -198,7 +205,7 @@ def configure_personalization(config, opt, category, defect) -> None:
         strings = list(pc.params.get("placeholder_strings") or ["*"])
         pc.params.placeholder_strings = [opt.placeholder_string] + strings[1:]
     if not pc.params.get("names") and category and defect and pc.params.get("per_name", True):
-        pc.params.names = [f"{category}+{defect}"]
+        pc.params.names = [f"{category}+{d}" for d in (defect if _is_list(defect) else [defect])]
 
 
 def run(argv: list[str] | None = None):

@@ -121,6 +121,17 @@ def pairs_preview(records, path: Path, n: int = 4) -> None:
         save_rows(rows, path, headers=("generated", "mask", "original"), row_labels=labels)
 
 
+def check_defect_types(records, index, src: Path) -> None:
+    """Refuse pre-generated pairs of defect types the evaluated category does not have: pairs of another
+    dataset or defect family in the same folder would silently change what the segmenter learns (the
+    demo's wild family once doubled FAST's texture-ad training set this way)."""
+    foreign = sorted({r.anomaly for r in records} - set(index.defects))
+    if foreign:
+        raise UserError(f"{src}: pairs of defect types {', '.join(foreign)} that {index.root} does not have "
+                        f"(its defect types: {', '.join(index.defects) or 'none'}); give a folder holding only "
+                        "this dataset's pairs")
+
+
 def generated_dirs(a) -> dict:
     """NAME -> folder of pre-generated pairs, from --fast_dir/--stage_dir/--grounding_dir/--generated."""
     dirs = {n: getattr(a, f"{n}_dir") for n in GENERATED if getattr(a, f"{n}_dir", None)}
@@ -177,6 +188,7 @@ def run(a) -> int:
                     log(f"[{cat}] {synth}: {leak}")
                     leaks.setdefault(synth, {})[cat] = leak
                 records, notes[synth] = scan_pairs(src, cat), "pre-generated (generate_with_mask.py)"
+                check_defect_types(records, index, src)
                 pairs_root = Path(pregenerated[synth])
                 if not records:
                     why = f"no pairs under {src}"

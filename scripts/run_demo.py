@@ -15,7 +15,8 @@ minutes); ``--smoke`` (seconds per stage: the pipeline's plumbing, for tests); `
 budget on every texture x 3 segmenter seeds, mean +- std, STAGE and GroundingAnomaly rows, and the
 ablations). ``--stage`` / ``--grounding`` add those synthesizers to any tier; ``--ablations`` runs, on
 the same trained models, FAST with FARM on/off and AIAS-10 / AIAS-50 / DDPM-1000, and GroundingAnomaly
-w/o SCM's semantic map, w/o GSM (both trained once more) and w/o NDI. ``--family wild`` synthesises and
+w/o SCM's semantic map, w/o GSM (both trained once more), w/o NDI and on masks sampled from a mask-TI
+model (one trained per texture; a diversity report per defect type). ``--family wild`` synthesises and
 evaluates the second defect family (other rendering code, never used for tuning) over the same
 texture-ad backbone, into ``comparison-wild/`` and ``report-wild.md``.
 
@@ -45,15 +46,19 @@ from utils.errors import UserError  # noqa: E402
 from utils.progress import fmt_seconds  # noqa: E402
 
 TEXTURES = ("brick", "grass", "gravel")
+MASK_CONFIG = "configs/grounding/masks-texture-demo.yaml"
 REPORT_METRICS = (("iou_anomaly", "anomaly IoU"), ("acc_anomaly", "anomaly recall"), ("pixel_ap", "pixel AP"),
                   ("pixel_f1_max", "F1-max"), ("pixel_auroc", "pixel AUROC"), ("aupro_0.3", "AUPRO@0.3"))
 
-# budgets per tier: (ae, ldm, fast, n_samples, seg_steps)
-DEFAULT_BUDGET = dict(ae_steps=250, ldm_steps=1000, fast_steps=200, n_samples=128, seg_steps=400)
+# budgets per tier: (ae, ldm, fast, n_samples, seg_steps, mask-TI steps, masks of its diversity report); the
+# mask model trains at ~2.5 steps/s on one busy core: 500 steps take ~3.5 minutes per texture
+DEFAULT_BUDGET = dict(ae_steps=250, ldm_steps=1000, fast_steps=200, n_samples=128, seg_steps=400, mask_steps=500,
+                      diversity_masks=64)
 TIERS = {
     "default": DEFAULT_BUDGET,
-    "quick": dict(ae_steps=60, ldm_steps=150, fast_steps=60, n_samples=40, seg_steps=60),
-    "smoke": dict(ae_steps=3, ldm_steps=3, fast_steps=3, n_samples=4, seg_steps=3),
+    "quick": dict(ae_steps=60, ldm_steps=150, fast_steps=60, n_samples=40, seg_steps=60, mask_steps=200,
+                  diversity_masks=32),
+    "smoke": dict(ae_steps=3, ldm_steps=3, fast_steps=3, n_samples=4, seg_steps=3, mask_steps=3, diversity_masks=4),
     "full": DEFAULT_BUDGET,  # on every texture with 3 segmenter seeds: it reuses a default run's stages
 }
 
@@ -84,6 +89,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seg_steps", type=int, default=None, help="segmenter training steps per synthesizer")
     p.add_argument("--aias_steps", type=int, default=10, help="AIAS network calls (segments + 2 DDPM steps)")
     p.add_argument("--seeds", type=int, default=None, help="segmenter seeds (default 1; --full 3)")
+    p.add_argument("--mask_steps", type=int, default=None,
+                   help="grounding ablations: training steps of the mask-TI model (one per texture) whose masks "
+                        "the 'GroundingAnomaly, generated masks' row uses")
+    p.add_argument("--diversity_masks", type=int, default=None,
+                   help="masks sampled per defect type for the mask model's diversity report")
     p.add_argument("--ablation_samples", type=int, default=24,
                    help="pairs per defect type of every ablation variant (DDPM-1000 costs 100x AIAS-10)")
     p.add_argument("--ablation_categories", default="brick", help="--full: textures of the ablations")
@@ -95,7 +105,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "pairs and add a 'grounding' row (always on with --full; --full adds its ablations)")
     p.add_argument("--ablations", nargs="?", const="all", default=None, choices=("all", "fast", "grounding"),
                    help="run the ablations of --full at this tier's budget: fast (FARM off, AIAS-50, DDPM-1000), "
-                        "grounding (w/o SCM, GSM, NDI; implies --grounding) or all (the default)")
+                        "grounding (w/o SCM, GSM, NDI, generated masks; implies --grounding) or all (the default)")
     p.add_argument("--gpus", default=None, help="as main.py --gpus (default: CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per stage (0: one per core)")
     return p
@@ -108,7 +118,8 @@ def resolve(opt) -> str:
             setattr(opt, k, v)
     if opt.seeds is None:
         opt.seeds = 3 if opt.full else 1
-    for k in ("n_samples", "ae_steps", "ldm_steps", "fast_steps", "seg_steps", "aias_steps", "seeds"):
+    for k in ("n_samples", "ae_steps", "ldm_steps", "fast_steps", "seg_steps", "aias_steps", "seeds", "mask_steps",
+              "diversity_masks"):
         if getattr(opt, k) < 1:
             raise UserError(f"--{k} must be >= 1, got {getattr(opt, k)}")
     opt.categories = list(TEXTURES) if opt.full else [opt.category]
@@ -138,6 +149,10 @@ def trained(ckpt: Path, steps: int) -> bool:
         return False
 
 
+def ablation_categories(opt) -> list[str]:
+    return [c for c in opt.ablation_categories.split(",") if c]
+
+
 def count_files(folder: Path, pattern: str = "*.png") -> int:
     return len(list(folder.glob(pattern))) if folder.is_dir() else 0
 
@@ -158,6 +173,12 @@ class Demo:
 
     def data_root(self, family: str) -> Path:
         return self.out / "data" / f"texture-ad{family_suffix(family)}"
+
+    def generated(self, method: str) -> Path:
+        """A method's pairs of this family: ``generated<suffix>/<method>``. One folder per family, because the
+        comparison trains on every defect folder it finds (both families in one folder doubled FAST's pairs
+        with defects the test set never shows)."""
+        return self.out / f"generated{self.suffix}" / method
 
     def compare_name(self, label: str) -> str:
         """Stage name of a comparison (``compare seed 0``, ``compare wild seed 0``, ...)."""
@@ -206,6 +227,29 @@ class Demo:
         self.train(run, f"configs/{method}/texture-demo.yaml", self.opt.fast_steps,
                    [f"data.params.train.params.root={self.data}", *overrides], extra)
         return self.out / "logs" / run / "checkpoints"
+
+    def mask_model(self, category: str) -> Path:
+        """Train GroundingAnomaly's mask-TI model of ``category``: one model, a token set ``category+defect``
+        per defect type of ``--defects`` (main.py names them from the dataset's defect list)."""
+        run = f"masks{self.suffix}/{category}"
+        data = "data.params.train.params"
+        self.train(run, MASK_CONFIG, self.opt.mask_steps,
+                   [f"{data}.root={self.data}", f"{data}.category={category}",
+                    f"{data}.defect=[{','.join(self.opt.defect_list)}]"])
+        return self.out / "logs" / run / "checkpoints"
+
+    def mask_report(self, mask_run: Path, category: str, defect: str) -> Path:
+        """Sample ``--diversity_masks`` masks of ``category+defect`` and compare them with the real generator-side
+        masks (``diversity.json``, ``sheet.png``): varied masks, not copies, are what the mask model is for."""
+        folder = self.out / f"ablations{self.suffix}" / "masks" / f"{category}+{defect}"
+        n = self.opt.diversity_masks
+        cmd = py() + ["scripts/mask_ti_report.py", "--pt_path", str(mask_run), "--name", f"{category}+{defect}",
+                      "--mask_path", str(self.data / category / "ground_truth" / defect),
+                      "--weight_idx", str(self.opt.mask_steps), "--n", str(n), "--size", "64", "--out", str(folder)]
+        settings = {"pt": str(mask_run), "mask_steps": self.opt.mask_steps, "n": n}
+        self.runner.run(f"mask diversity {category}+{defect}", cmd, settings, total=n, unit="masks", cwd=ROOT,
+                        done=lambda: (folder / "diversity.json").is_file())
+        return folder / "diversity.json"
 
     def generate(self, pt_path: Path, category: str, defect: str, outdir: Path, n: int, sampler: str = "aias",
                  steps: int = 10, farm_mode: str = "input", label: str = "", extra_args: tuple = ()) -> dict:
@@ -274,7 +318,7 @@ def pipeline(opt, tier: str, runner: StageRunner) -> dict:
     dirs, runs, gens = {}, {}, []
     for method in methods:
         sampler, label = METHODS[method]
-        dirs[method] = demo.out / "generated" / method
+        dirs[method] = demo.generated(method)
         for cat in opt.categories:
             for defect in opt.defect_list:
                 runs[(method, cat, defect)] = demo.fast(ldm, cat, defect, method=method)
@@ -287,13 +331,17 @@ def pipeline(opt, tier: str, runner: StageRunner) -> dict:
         sub = comparison if opt.seeds == 1 else comparison / f"seed-{seed}"
         results[seed] = demo.compare(demo.compare_name(f"seed {seed}"), sub, opt.categories, synths, seed, dirs,
                                      opt.n_samples)
-    ablations = {}
+    ablations, masks = {}, {}
     if opt.ablations:
-        ablations = run_ablations(opt, demo, ldm, runs)
-    return {"results": results, "generation": gens, "ablations": ablations}
+        grounding = opt.ablations in ("all", "grounding")
+        mask_runs = {cat: demo.mask_model(cat) for cat in ablation_categories(opt)} if grounding else {}
+        masks = {f"{cat}+{d}": demo.mask_report(run, cat, d) for cat, run in mask_runs.items() for d in opt.defect_list}
+        ablations = run_ablations(opt, demo, ldm, runs, mask_runs)
+    return {"results": results, "generation": gens, "ablations": ablations, "masks": masks}
 
 
-# (label, method, training variant + config overrides, sampler, steps, farm_mode, generation args)
+# (label, method, training variant + config overrides, sampler, steps, farm_mode, generation args: str.format
+# templates over the category's ``mask_model`` folder and ``mask_steps``)
 ABLATIONS = (
     ("FAST, AIAS-10", "fast", "", (), "aias", 10, "input", ()),
     ("FAST, AIAS-10, FARM off", "fast", "", (), "aias", 10, "off", ()),
@@ -304,14 +352,18 @@ ABLATIONS = (
      ("model.params.scm_config.binary_map=true",), "aias", 10, "input", ()),
     ("GroundingAnomaly w/o GSM", "grounding", "nogsm", ("model.params.gsm=false",), "aias", 10, "input", ()),
     ("GroundingAnomaly w/o NDI", "grounding", "", (), "aias", 10, "input", ("--ndi", "off")),
+    ("GroundingAnomaly, generated masks", "grounding", "", (), "aias", 10, "input",
+     ("--mask_source", "generated", "--mask_model", "{mask_model}", "--mask_weight_idx", "{mask_steps}")),
 )
 
 
-def run_ablations(opt, demo: Demo, ldm: Path, runs: dict) -> dict:
+def run_ablations(opt, demo: Demo, ldm: Path, runs: dict, mask_runs: dict) -> dict:
     """FAST: FARM on vs off at generation, AIAS-10 vs AIAS-50 vs DDPM-1000 on the same trained models;
-    GroundingAnomaly: w/o SCM's semantic map, w/o GSM (each trained once more), w/o NDI (generation).
-    The same masks and normal images, ``--ablation_samples`` pairs per defect type, every seed."""
-    cats = [c for c in opt.ablation_categories.split(",") if c]
+    GroundingAnomaly: w/o SCM's semantic map, w/o GSM (each trained once more), w/o NDI (generation), and
+    on masks sampled from the category's mask model (``mask_runs``: category -> its checkpoints folder)
+    instead of the real ones. The same normal images, ``--ablation_samples`` pairs per defect type, every
+    seed."""
+    cats = ablation_categories(opt)
     out = {}
     for label, method, variant, overrides, sampler, steps, farm, gen_args in ABLATIONS:
         if opt.ablations not in ("all", method):
@@ -319,12 +371,13 @@ def run_ablations(opt, demo: Demo, ldm: Path, runs: dict) -> dict:
         folder = demo.out / f"ablations{demo.suffix}" / "generated" / slug(label.lower())
         gen = []
         for cat in cats:
+            args = tuple(a.format(mask_model=mask_runs.get(cat), mask_steps=opt.mask_steps) for a in gen_args)
             for defect in opt.defect_list:
                 pt = runs.get((method, cat, defect)) if not variant else None
                 if pt is None:
                     pt = demo.fast(ldm, cat, defect, method=method, variant=variant, overrides=overrides)
                 gen.append(demo.generate(pt, cat, defect, folder, opt.ablation_samples, sampler=sampler,
-                                         steps=steps, farm_mode=farm, label=label, extra_args=gen_args))
+                                         steps=steps, farm_mode=farm, label=label, extra_args=args))
         seeds = {}
         for seed in range(opt.seeds):
             sub = demo.out / f"ablations{demo.suffix}" / "comparison" / folder.name / f"seed-{seed}"
@@ -380,6 +433,40 @@ def latest(out: Path, pattern: str) -> Path | None:
     return hits[-1] if hits else None
 
 
+# diversity.json key (ldm.models.diffusion.mask_ti.mask_diversity), column, format
+DIVERSITY = (("pairwise_iou_generated", "pairwise IoU, generated", "{:.3f}"),
+             ("pairwise_iou_real", "pairwise IoU, real", "{:.3f}"),
+             ("nearest_real_iou", "nearest-real IoU", "{:.3f}"),
+             ("copies", "near-copies", "{:.0%}"),
+             ("unique", "distinct", "{:.0%}"),
+             ("area_generated", "area, generated", "{:.1%}"),
+             ("area_real", "area, real", "{:.1%}"))
+
+
+def load_diversity(paths: dict) -> dict:
+    """``diversity.json`` per mask type with its sheet's path: the report and report.json show the same."""
+    return {name: dict(json.loads(Path(p).read_text()), sheet=str(Path(p).parent / "sheet.png"))
+            for name, p in paths.items()}
+
+
+def masks_section(opt, out: Path, diversity: dict) -> list[str]:
+    """The 'Generated masks' section: how varied the mask models' masks are and how far from copies of
+    the real ones, per defect type, with their sheets."""
+    lines = ["## Generated masks", "",
+             f"One mask-TI model per texture ({opt.mask_steps} steps, a token set per defect type), the masks of "
+             f"the 'GroundingAnomaly, generated masks' ablation; {opt.diversity_masks} masks per defect type "
+             "against the generator-side real masks at 64×64. Pairwise IoU: lower = more varied; near-copies: "
+             "nearest-real IoU ≥ 0.95 (memorised masks).", "",
+             "| mask type | generated / real | " + " | ".join(col for _, col, _ in DIVERSITY) + " |",
+             "|---|---|" + "---|" * len(DIVERSITY)]
+    for name, d in diversity.items():
+        cells = [fmt.format(d[key]) if d.get(key) is not None else "n/a" for key, _, fmt in DIVERSITY]
+        lines.append(f"| {name} | {d['n_generated']} / {d['n_real']} | " + " | ".join(cells) + " |")
+    lines += ["", "Sheets (real masks in the first rows, generated ones below):", ""]
+    lines += [f"- {name}: ![{name} masks]({rel(Path(d['sheet']), out)})" for name, d in diversity.items()]
+    return lines + [""]
+
+
 def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) -> tuple:
     from utils.atomic import write_text_atomic
 
@@ -419,7 +506,7 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
     lines += ["Generated pairs (generated | mask | normal image), one contact sheet per defect type:", ""]
     for cat in opt.categories:
         for d in opt.defect_list:
-            sheet = out / "generated" / "fast" / cat / d / "contact_sheet.png"
+            sheet = out / f"generated{family_suffix(opt.family)}" / "fast" / cat / d / "contact_sheet.png"
             if sheet.is_file():
                 lines.append(f"- {cat}/{d}: ![{cat} {d}]({rel(sheet, out)})")
     lines.append("")
@@ -460,13 +547,17 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
             lines.append(f"| {label} | {c('iou_anomaly')} | {c('acc_anomaly')} | {c('pixel_ap')} | "
                          f"{c('aupro_0.3')} | {secs:.3f} |")
         lines.append("")
+    diversity = load_diversity(res["masks"])
+    if diversity:
+        lines += masks_section(opt, out, diversity)
     lines += ["## Where to look", "",
               f"- `{comparison.name}/results.md` (every metric, generation-quality table), `{comparison.name}/bars.png`",
-              "- `generated/fast/<texture>/<defect>/` (pairs, `contact_sheet.png`, `synthesis.json`)",
+              f"- `generated{family_suffix(opt.family)}/fast/<texture>/<defect>/` (pairs, `contact_sheet.png`, "
+              "`synthesis.json`)",
               "- `logs/<stage>/` (checkpoints, image grids, `timing.json`), `logs/console/*.log` (full output)",
               "- `stages/*.json` (per-stage time and peak memory, used to skip finished stages)", ""]
     doc = {"tier": tier, "wall_seconds": wall, "stages": [r.as_dict() for r in runner.records],
-           "metrics": summary, "budget": {k: getattr(opt, k) for k in TIERS["default"]}}
+           "metrics": summary, "masks": diversity, "budget": {k: getattr(opt, k) for k in TIERS["default"]}}
     write_text_atomic(out / f"report{suffix}.json", json.dumps(doc, indent=1, default=str) + "\n")
     path = out / f"report{suffix}.md"
     write_text_atomic(path, "\n".join(lines))
@@ -490,7 +581,7 @@ def main(argv=None) -> int:
     report, table = write_report(opt, tier, runner, res, wall)
     print(f"\nDemo finished in {fmt_seconds(wall)}.\n\n{runner.table()}\n\n{table}\n\n"
           f"Report: {report}\nComparison: {out / ('comparison' + family_suffix(opt.family))}\n"
-          f"Pairs: {out / 'generated' / 'fast'}", flush=True)
+          f"Pairs: {out / ('generated' + family_suffix(opt.family)) / 'fast'}", flush=True)
     return 0
 
 

@@ -2,6 +2,7 @@
 NDI, the training step, artifacts, main.py with the shipped config, the paper's three ablations
 (binary map, w/o GSM, w/o NDI) and mask textual inversion."""
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,6 +24,8 @@ from ldm.modules.grounding import SpatialConditioning
 from ldm.modules.grounding.gsm import transformer_blocks
 from ldm.util import instantiate_from_config
 from tests.run_fixture import backbone_ckpt_from_config, gen_args, make_dataset, make_run, record_timesteps
+
+ROOT = Path(__file__).resolve().parents[1]
 from tests.tiny_configs import UNET, ldm_config
 from tests.tiny_configs import grounding_config as tiny_grounding_config
 from utils.errors import InputNotFound, UserError
@@ -557,3 +560,32 @@ def test_mask_diversity_flags_copies():
     assert r["copies"] == 1.0 and r["unique"] == 0.5 and r["pairwise_iou_generated"] == 1.0
     r = mask_diversity([a, b], [a])
     assert r["copies"] == 0.5 and r["pairwise_iou_generated"] == 0.0 and r["nearest_real_iou"] == 0.5
+
+
+def test_thin_masks_survive_the_resize_to_the_mask_model():
+    """A 1-px scratch at 64 px covers under half of every 32-px cell: area resizing emptied it."""
+    model = instantiate_from_config(mask_config())  # image_size 16
+    mask = torch.zeros(1, 64, 64)
+    mask[0, 5:60, 30] = 1.0                         # 1 px wide, 55 px long
+    x = model.get_input({"mask": mask}, "mask")
+    assert x.shape == (1, 1, 16, 16) and set(x.unique().tolist()) <= {-1.0, 1.0}
+    assert int((x > 0).sum()) >= 13                 # the line is still there, every cell it crosses
+    small = model.get_input({"mask": torch.ones(1, 8, 8)}, "mask")
+    assert small.shape == (1, 1, 16, 16) and bool((small == 1).all())
+
+
+@pytest.mark.parametrize("config", ["configs/grounding/masks-texture-demo.yaml", "configs/grounding/masks-mvtec.yaml"])
+def test_mask_configs_reach_pure_noise_and_predict_the_mask(config):
+    """Near-constant images (masks are ~99 % background) need x_T to be pure noise, or sampling from pure noise
+    starts off the training distribution; at zero terminal SNR noise prediction cannot be inverted into a
+    mask, so the model predicts the mask itself. With the LDM schedule and noise prediction half the
+    demo's scratch masks came out all white."""
+    from omegaconf import OmegaConf
+
+    from ldm.models.diffusion.schedule import NoiseSchedule
+
+    p = OmegaConf.load(ROOT / config).model.params
+    assert p.parameterization == "x0"
+    sched = NoiseSchedule.from_config(p.beta_schedule, p.timesteps, p.get("linear_start", 1e-4),
+                                      p.get("linear_end", 2e-2), p.get("cosine_s", 8e-3))
+    assert float(sched.alphas_cumprod[-1]) < 1e-4

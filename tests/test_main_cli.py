@@ -141,3 +141,30 @@ def test_fast_on_top_of_the_ldm_exports_official_artifacts(ldm_run, texture_root
     assert keys
     for k in keys:
         assert torch.equal(fast.state_dict()[k].cpu(), backbone[k]), k
+
+
+def test_a_list_of_defect_types_stays_a_list_and_names_one_token_each():
+    """``data.params.train.params.defect=[crack,scratch]`` (one mask model for several defect types) was
+    written into the dataset as the string "['crack', 'scratch']"."""
+    from argparse import Namespace
+
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create({
+        "model": {"params": {"personalization_config": {"target": "x", "params": {}}}},
+        "data": {"params": {"train": {"target": "ldm.data.generated_masks.DefectMasksDataset",
+                                      "params": {"root": "data", "category": "brick",
+                                                 "defect": ["crack", "scratch"]}}}}})
+    opt = Namespace(category=None, defect=None, mvtec_path=None, init_word=None, placeholder_string=None,
+                    embedding_manager_ckpt=None)
+    category, defect = main_mod.inject_dataset(config, opt)
+    assert list(config.data.params.train.params.defect) == ["crack", "scratch"]
+    main_mod.configure_personalization(config, opt, category, defect)
+    assert list(config.model.params.personalization_config.params.names) == ["brick+crack", "brick+scratch"]
+    single = OmegaConf.create({"model": {"params": {"personalization_config": {"params": {}}}},
+                               "data": {"params": {"train": {"target": "ldm.data.anomaly.AnomalyDataset",
+                                                             "params": {"category": "brick"}}}}})
+    category, defect = main_mod.inject_dataset(single, Namespace(**{**vars(opt), "defect": "hole"}))
+    assert single.data.params.train.params.defect == "hole"
+    main_mod.configure_personalization(single, opt, category, defect)
+    assert list(single.model.params.personalization_config.params.names) == ["brick+hole"]

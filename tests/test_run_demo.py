@@ -8,19 +8,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from scripts.demo_stages import StageRunner, fingerprint
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("## Stage times and peak memory", "## Segmentation on real held-out anomalies (%)", "## Pictures",
-            "## Sampler speed", "## Where to look")
+            "## Sampler speed", "## Ablations", "## Generated masks", "## Where to look")
 STAGES = ("build texture-ad", "train autoencoder", "train ldm", "train fast/brick+scratch",
           "generate AIAS-10 brick+scratch", "train stage/brick+scratch", "generate STAGE-10 brick+scratch",
           "train grounding/brick+scratch", "generate GroundingAnomaly-10 brick+scratch", "compare seed 0")
 ABLATIONS = ("FAST, AIAS-10", "FAST, AIAS-10, FARM off", "FAST, AIAS-50", "FAST, DDPM-1000", "GroundingAnomaly",
-             "GroundingAnomaly w/o SCM (binary map)", "GroundingAnomaly w/o GSM", "GroundingAnomaly w/o NDI")
+             "GroundingAnomaly w/o SCM (binary map)", "GroundingAnomaly w/o GSM", "GroundingAnomaly w/o NDI",
+             "GroundingAnomaly, generated masks")
+MASK_STAGES = ("train masks/brick", "mask diversity brick+scratch")
 
 
 def _run_demo(out: Path) -> str:
@@ -50,6 +54,7 @@ def test_smoke_demo_writes_every_artifact_and_report_section(demo):
         assert f"generate {label} brick+scratch" in names and f"compare {label} seed 0" in names, label
         assert f"| {label} |" in report, label
     assert "train grounding-binary/brick+scratch" in names and "train grounding-nogsm/brick+scratch" in names
+    assert all(stage in names for stage in MASK_STAGES)
     assert all(s["seconds"] > 0 and s["peak_rss_mb"] > 0 for s in doc["stages"])
     for synth in ("fast", "stage", "grounding", "draem", "cutpaste", "normal"):
         assert synth in doc["metrics"], synth
@@ -67,6 +72,30 @@ def test_smoke_demo_writes_every_artifact_and_report_section(demo):
     assert len(list((out / "generated/fast/brick/scratch/image").glob("*.png"))) == 4
     assert "generated/fast/brick/scratch/contact_sheet.png" in report
     assert "comparison/bars.png" in report
+    # for the grounding ablations: one mask model for brick with a token per defect type of --defects (a list
+    # handed to main.py, which once wrote it into the dataset as its repr), its diversity report, and
+    # GroundingAnomaly pairs on masks sampled from it
+    from utils.safe_load import safe_load
+
+    tokens = {k.split(".")[-1] for k in safe_load(out / "logs/masks/brick/checkpoints/mask_ti-3.pt")
+              if k.startswith("tokens.")}
+    assert tokens == {"brick+scratch"}
+    pairs = out / "ablations/generated/groundinganomaly_generated_masks/brick/scratch"
+    assert json.loads((pairs / "synthesis.json").read_text())["mask_source"] == "generated"
+    assert len(list((pairs / "image-mask-ori").glob("*.png"))) == 2
+    masks = sorted((pairs / "mask").glob("*.png"))
+    assert len(masks) == 2
+    for m in masks:
+        values = np.unique(np.asarray(Image.open(m)))
+        assert set(values.tolist()) <= {0, 255} and 255 in values, (m, values)
+    assert all(json.loads(p.read_text())["mask_origin"].startswith("generated:brick+scratch:")
+               for p in (pairs / "meta").glob("*.json"))
+    diversity = json.loads((out / "ablations/masks/brick+scratch/diversity.json").read_text())
+    assert diversity["n_generated"] == 4 and diversity["step"] == 3
+    assert doc["masks"]["brick+scratch"]["nearest_real_iou"] == diversity["nearest_real_iou"]
+    assert (out / "ablations/masks/brick+scratch/sheet.png").is_file()
+    masks_section = report.split("## Generated masks")[1].split("\n## ")[0]
+    assert "| brick+scratch | 4 / " in masks_section and "ablations/masks/brick+scratch/sheet.png" in masks_section
     # the console: one final line per stage (plus a progress line a minute when it is not a terminal)
     # and the summary; no framework noise (that is in the logs)
     for stage in STAGES:
@@ -82,7 +111,7 @@ def test_rerun_skips_every_finished_stage(demo):
     out, _ = demo
     before = (out / "logs/ldm/checkpoints/last.ckpt").stat().st_mtime_ns
     console = _run_demo(out)
-    for stage in STAGES:
+    for stage in STAGES + MASK_STAGES:
         lines = [ln for ln in console.splitlines() if ln.strip().startswith(stage)]
         assert len(lines) == 1 and "skipped" in lines[0], lines
     assert (out / "logs/ldm/checkpoints/last.ckpt").stat().st_mtime_ns == before
@@ -142,6 +171,14 @@ def test_wild_family_trains_on_its_own_data_over_the_texture_ad_backbone(tmp_pat
     default = Demo(plain, resolve(plain), StageRunner(tmp_path))
     assert plain.defect_list == list(FAMILIES["texture-ad"])
     assert default.suffix == "" and default.data == default.backbone_data
+
+
+def test_mask_budget_must_be_positive(tmp_path):
+    from scripts.run_demo import get_parser, resolve
+
+    for flag in ("--mask_steps", "--diversity_masks"):
+        with pytest.raises(UserError, match=f"{flag} must be >= 1, got 0"):
+            resolve(get_parser().parse_args(["--out", str(tmp_path), flag, "0"]))
 
 
 @pytest.mark.parametrize("args,ablations,grounding", [

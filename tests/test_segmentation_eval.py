@@ -200,3 +200,12 @@ def test_compare_synthesizers_tiny(world, tmp_path, capsys):
     assert main(["--dataset_root", str(tree), "--layout", "mvtec", "--synthesizers", "draem,gan",
                  "--out", str(out), *TINY]) == 2
     assert "gan" in capsys.readouterr().err
+    # pairs of a defect type the category does not have (another dataset or family in the same folder)
+    # would change what the segmenter learns: refused, naming the folder and the type
+    import shutil
+
+    first = next(d for d in (fast_dir / "widget").iterdir() if d.is_dir())
+    shutil.copytree(first, fast_dir / "widget" / "fissure")
+    assert main(args + ["--allow_leak"]) == 2
+    err = capsys.readouterr().err
+    assert "pairs of defect types fissure" in err and str(fast_dir / "widget") in err
