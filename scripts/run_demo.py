@@ -32,6 +32,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -476,8 +477,7 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
     docs = load_results(res["results"])
     table, summary = metrics_table(docs)
     n_seeds = len(docs)
-    cmd = ("bash scripts/demo.sh" + {"default": "", "quick": " --quick", "smoke": " --smoke", "full": " --full"}[tier]
-           + (f" --family {opt.family}" if suffix else ""))
+    cmd = " ".join(["bash scripts/demo.sh", *map(shlex.quote, opt.argv)])  # what was typed, every flag
     threads = opt.threads or os.cpu_count()
     lines = [f"# FAST embedded demo — {tier} run" + (f", {opt.family} defect family" if suffix else ""), "",
              f"Command: `{cmd}` (scripts/run_demo.py). Machine: {os.cpu_count()} CPU cores ({platform.machine()}), "
@@ -565,13 +565,17 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     opt = get_parser().parse_args(argv)
+    opt.argv = argv
     tier = resolve(opt)
     out = Path(opt.out)
     if not out.is_absolute():
         out = ROOT / out
     opt.out = str(out)
     out.mkdir(parents=True, exist_ok=True)
+    if opt.threads:  # also for the stages without a --threads flag (generation, mask reports): children inherit it
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(opt.threads)
     runner = StageRunner(out)
     print(f"FAST demo ({tier}): {', '.join(opt.categories)} x {len(opt.defect_list)} defect types -> {out}\n"
           f"  full logs: {out / 'logs' / 'console'}/", flush=True)

@@ -72,6 +72,7 @@ def test_smoke_demo_writes_every_artifact_and_report_section(demo):
     assert len(list((out / "generated/fast/brick/scratch/image").glob("*.png"))) == 4
     assert "generated/fast/brick/scratch/contact_sheet.png" in report
     assert "comparison/bars.png" in report
+    assert "Command: `bash scripts/demo.sh --smoke --stage --ablations --ablation_samples 2 --defects scratch" in report
     # for the grounding ablations: one mask model for brick with a token per defect type of --defects (a list
     # handed to main.py, which once wrote it into the dataset as its repr), its diversity report, and
     # GroundingAnomaly pairs on masks sampled from it
@@ -190,3 +191,27 @@ def test_ablation_sets_and_what_they_imply(tmp_path, args, ablations, grounding)
     opt = get_parser().parse_args(["--out", str(tmp_path), *args])
     resolve(opt)
     assert opt.ablations == ablations and opt.grounding is grounding
+
+
+def test_threads_reach_every_stage_through_the_environment(tmp_path, monkeypatch):
+    """Generation and the mask reports have no --threads flag; with two-thread children next to a busy core the
+    demo's stages ran several times slower, so --threads goes to every child through OMP_NUM_THREADS."""
+    import os
+
+    import scripts.run_demo as rd
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def pipeline(opt, tier, runner):
+        seen["omp"] = os.environ.get("OMP_NUM_THREADS")
+        raise Stop
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")   # restored after the test
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")
+    monkeypatch.setattr(rd, "pipeline", pipeline)
+    with pytest.raises(Stop):
+        rd.main(["--smoke", "--threads", "1", "--out", str(tmp_path)])
+    assert seen["omp"] == "1"
