@@ -25,15 +25,20 @@ MAX_COLOUR_SHIFT = 10.0     # mean |Δ channel mean| in 0-255 levels: above this
 MIN_DEFECT_CONTRAST = 0.7   # share of the real defects' contrast the round trip keeps: below, defects fade
 
 
+def _round_trips(model, images: Sequence[np.ndarray], batch_size: int):
+    """``(x, decode(encode(x)))`` per batch of ``images`` (H×W×3 float [-1, 1]), B×3×H×W on the model's device."""
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(images[start:start + batch_size]), dtype=np.float32))
+        x = x.permute(0, 3, 1, 2).to(model.device)
+        yield x, model.decode_first_stage(model.encode_to_latent(x)).clamp(-1, 1).float()
+
+
 @torch.no_grad()
 def round_trip(model, images: Sequence[np.ndarray], batch_size: int = 16) -> dict:
     """PSNR (dB, on [-1, 1] images) and colour shift (mean absolute difference of the per-image channel
     means, 0-255 levels) of ``decode(encode(x))`` over ``images`` (H×W×3 float [-1, 1])."""
     sq_err, shifts, n = 0.0, [], 0
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(np.stack(images[start:start + batch_size]), dtype=np.float32))
-        x = x.permute(0, 3, 1, 2).to(model.device)
-        rec = model.decode_first_stage(model.encode_to_latent(x)).clamp(-1, 1).float()
+    for x, rec in _round_trips(model, images, batch_size):
         sq_err += float(((rec - x) ** 2).mean(dim=(1, 2, 3)).sum())
         shifts += (rec.mean(dim=(2, 3)) - x.mean(dim=(2, 3))).abs().mean(dim=1).mul(127.5).tolist()
         n += x.shape[0]
@@ -57,17 +62,14 @@ def defect_contrast(model, images: Sequence[np.ndarray], masks: Sequence[np.ndar
     """What ``decode(encode(x))`` keeps of real defects: the contrast of each defect (``_contrast``, 0-255
     levels) before and after the round trip, summed over ``images`` (H×W×3 float [-1, 1]) with their
     ``masks`` (H×W, > 0.5 inside), and their ratio ``kept`` (1: as strong as real, < 1: fainter)."""
+    keep = [k for k, m in enumerate(masks) if (np.asarray(m) > 0.5).any() and not (np.asarray(m) > 0.5).all()]
+    inside = [torch.from_numpy(np.asarray(masks[k]) > 0.5) for k in keep]
     before, after, n = 0.0, 0.0, 0
-    pairs = [(i, m) for i, m in zip(images, masks) if (np.asarray(m) > 0.5).any() and not (np.asarray(m) > 0.5).all()]
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        x = torch.from_numpy(np.ascontiguousarray(np.stack([c[0] for c in chunk]), dtype=np.float32))
-        x = x.permute(0, 3, 1, 2).to(model.device)
-        inside = torch.from_numpy(np.stack([np.asarray(c[1]) > 0.5 for c in chunk])).to(model.device)
-        rec = model.decode_first_stage(model.encode_to_latent(x)).clamp(-1, 1).float()
-        before += float(_contrast(x, inside).sum()) * 127.5
-        after += float(_contrast(rec, inside).sum()) * 127.5
-        n += len(chunk)
+    for x, rec in _round_trips(model, [images[k] for k in keep], batch_size):
+        m = torch.stack(inside[n:n + x.shape[0]]).to(x.device)
+        before += float(_contrast(x, m).sum()) * 127.5
+        after += float(_contrast(rec, m).sum()) * 127.5
+        n += x.shape[0]
     if n == 0 or before <= 0:
         return {"defects": n, "contrast_real": None, "contrast_decoded": None, "kept": None}
     return {"defects": n, "contrast_real": round(before / n, 2), "contrast_decoded": round(after / n, 2),
@@ -75,14 +77,7 @@ def defect_contrast(model, images: Sequence[np.ndarray], masks: Sequence[np.ndar
 
 
 def verdict(stats: dict, min_psnr: float = MIN_PSNR_DB, max_shift: float = MAX_COLOUR_SHIFT) -> Optional[str]:
-    """A one-line warning when the round trip (``round_trip`` or ``defect_contrast`` stats) is poor, else None."""
-    if "kept" in stats:
-        if not stats["defects"] or stats["kept"] is None or stats["kept"] >= MIN_DEFECT_CONTRAST:
-            return None
-        return (f"the autoencoder keeps only {stats['kept']:.0%} of the real defects' contrast "
-                f"({stats['contrast_real']:.1f} -> {stats['contrast_decoded']:.1f}/255 over {stats['defects']} "
-                "defect images): generated defects will be fainter than real ones -- give the first stage more "
-                "latent channels or training")
+    """A one-line warning when the ``round_trip`` on normal images is poor, else None."""
     if not stats.get("images"):
         return None
     problems = []
@@ -95,3 +90,13 @@ def verdict(stats: dict, min_psnr: float = MIN_PSNR_DB, max_shift: float = MAX_C
     return (f"the autoencoder reproduces these normal images poorly ({', '.join(problems)}; "
             f"{stats['images']} images): every generated defect is decoded through it and will carry that "
             "error next to the exact background -- train the first stage longer or use a better one")
+
+
+def defect_verdict(stats: dict, min_kept: float = MIN_DEFECT_CONTRAST) -> Optional[str]:
+    """A one-line warning when ``defect_contrast`` says generated defects will fade, else None."""
+    if not stats.get("defects") or stats["kept"] is None or stats["kept"] >= min_kept:
+        return None
+    return (f"the autoencoder keeps only {stats['kept']:.0%} of the real defects' contrast "
+            f"({stats['contrast_real']:.1f} -> {stats['contrast_decoded']:.1f}/255 over {stats['defects']} "
+            "defect images): generated defects will be fainter than real ones -- give the first stage more "
+            "latent channels or training")

@@ -673,7 +673,7 @@ def real_defects(opt: GenerationOptions, layout: str, split: str, size, count: i
         try:
             root, cat, defect = resolve_mvtec_path(path, category=opt.sample_name, defect=opt.anomaly_name)[:3]
             samples = split_anomalies(index_category(layout, root, cat).samples(defect), split)[0][:count]
-        except (OSError, ValueError, KeyError, UserError):
+        except (OSError, ValueError, KeyError):  # UserError is a ValueError
             continue  # not a dataset folder this layout can index: a plain folder of masks
         if samples:
             return ([load_image_uint8(s.image, size).astype(np.float32) / 127.5 - 1.0 for s in samples],
@@ -684,10 +684,10 @@ def real_defects(opt: GenerationOptions, layout: str, split: str, size, count: i
 def check_defect_contrast(run: TrainedRun, opt: GenerationOptions, layout: str, split: str, size, log=print) -> dict:
     """What the first stage keeps of the real defects' contrast (``ldm.first_stage_check.defect_contrast``);
     warns when generated defects would come out fainter than the real ones whatever the generator does."""
-    from ldm.first_stage_check import defect_contrast, verdict
+    from ldm.first_stage_check import defect_contrast, defect_verdict
 
     stats = defect_contrast(run.model, *real_defects(opt, layout, split, size))
-    warning = verdict(stats)
+    warning = defect_verdict(stats)
     if warning:
         log(f"[generate] warning: {warning}")
     return stats

@@ -69,6 +69,12 @@ def family_suffix(family: str) -> str:
     return "" if family == "texture-ad" else f"-{family}"
 
 
+def family_dir(out: Path, name: str, family: str) -> Path:
+    """``<out>/<name><suffix>``: a family's own ``data/texture-ad``, ``generated``, ``comparison`` or
+    ``ablations`` folder. One per family, because the comparison trains on every defect folder it finds."""
+    return Path(out) / f"{name}{family_suffix(family)}"
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="everything the demo writes goes here")
@@ -169,17 +175,14 @@ class Demo:
         self.backbone_data = self.data_root("texture-ad")   # autoencoder and LDM: always texture-ad
         self.suffix = family_suffix(opt.family)
         self.data = self.data_root(opt.family)
-        self.common = (["--gpus", opt.gpus] if opt.gpus else []) + (["--threads", str(opt.threads)]
-                                                                      if opt.threads else [])
+        self.common = ["--gpus", opt.gpus] if opt.gpus else []  # --threads reaches children as OMP_NUM_THREADS
 
     def data_root(self, family: str) -> Path:
-        return self.out / "data" / f"texture-ad{family_suffix(family)}"
+        return family_dir(self.out / "data", "texture-ad", family)
 
-    def generated(self, method: str) -> Path:
-        """A method's pairs of this family: ``generated<suffix>/<method>``. One folder per family, because the
-        comparison trains on every defect folder it finds (both families in one folder doubled FAST's pairs
-        with defects the test set never shows)."""
-        return self.out / f"generated{self.suffix}" / method
+    def folder(self, name: str) -> Path:
+        """This family's ``generated``, ``comparison`` or ``ablations`` folder (``family_dir``)."""
+        return family_dir(self.out, name, self.opt.family)
 
     def compare_name(self, label: str) -> str:
         """Stage name of a comparison (``compare seed 0``, ``compare wild seed 0``, ...)."""
@@ -242,7 +245,7 @@ class Demo:
     def mask_report(self, mask_run: Path, category: str, defect: str) -> Path:
         """Sample ``--diversity_masks`` masks of ``category+defect`` and compare them with the real generator-side
         masks (``diversity.json``, ``sheet.png``): varied masks, not copies, are what the mask model is for."""
-        folder = self.out / f"ablations{self.suffix}" / "masks" / f"{category}+{defect}"
+        folder = self.folder("ablations") / "masks" / f"{category}+{defect}"
         n = self.opt.diversity_masks
         cmd = py() + ["scripts/mask_ti_report.py", "--pt_path", str(mask_run), "--name", f"{category}+{defect}",
                       "--mask_path", str(self.data / category / "ground_truth" / defect),
@@ -279,8 +282,6 @@ class Demo:
                       "--seed", str(seed), "--out", str(out), "--quiet"]
         for method, folder in dirs.items():
             cmd += [f"--{method}_dir", str(folder)]
-        if self.opt.threads:
-            cmd += ["--threads", str(self.opt.threads)]
         runs = len(categories) * len(synths.split(","))
         steps = self.opt.seg_steps
         prog_file = self.runner.markers / f"{slug(name)}.progress"
@@ -319,7 +320,7 @@ def pipeline(opt, tier: str, runner: StageRunner) -> dict:
     dirs, runs, gens = {}, {}, []
     for method in methods:
         sampler, label = METHODS[method]
-        dirs[method] = demo.generated(method)
+        dirs[method] = demo.folder("generated") / method
         for cat in opt.categories:
             for defect in opt.defect_list:
                 runs[(method, cat, defect)] = demo.fast(ldm, cat, defect, method=method)
@@ -327,7 +328,7 @@ def pipeline(opt, tier: str, runner: StageRunner) -> dict:
                                           sampler=sampler, steps=opt.aias_steps, label=f"{label}-{opt.aias_steps}"))
     synths = ",".join(methods + ["draem", "cutpaste", "normal"])
     results = {}
-    comparison = demo.out / f"comparison{demo.suffix}"
+    comparison = demo.folder("comparison")
     for seed in range(opt.seeds):
         sub = comparison if opt.seeds == 1 else comparison / f"seed-{seed}"
         results[seed] = demo.compare(demo.compare_name(f"seed {seed}"), sub, opt.categories, synths, seed, dirs,
@@ -369,7 +370,7 @@ def run_ablations(opt, demo: Demo, ldm: Path, runs: dict, mask_runs: dict) -> di
     for label, method, variant, overrides, sampler, steps, farm, gen_args in ABLATIONS:
         if opt.ablations not in ("all", method):
             continue
-        folder = demo.out / f"ablations{demo.suffix}" / "generated" / slug(label.lower())
+        folder = demo.folder("ablations") / "generated" / slug(label.lower())
         gen = []
         for cat in cats:
             args = tuple(a.format(mask_model=mask_runs.get(cat), mask_steps=opt.mask_steps) for a in gen_args)
@@ -381,7 +382,7 @@ def run_ablations(opt, demo: Demo, ldm: Path, runs: dict, mask_runs: dict) -> di
                                          steps=steps, farm_mode=farm, label=label, extra_args=args))
         seeds = {}
         for seed in range(opt.seeds):
-            sub = demo.out / f"ablations{demo.suffix}" / "comparison" / folder.name / f"seed-{seed}"
+            sub = demo.folder("ablations") / "comparison" / folder.name / f"seed-{seed}"
             seeds[seed] = demo.compare(demo.compare_name(f"{label} seed {seed}"), sub, cats, method, seed,
                                        {method: folder}, opt.ablation_samples)
         out[label] = {"results": seeds, "generation": gen, "method": method}
@@ -473,7 +474,7 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
 
     out = Path(opt.out)
     suffix = family_suffix(opt.family)
-    comparison = out / f"comparison{suffix}"
+    comparison = family_dir(out, "comparison", opt.family)
     docs = load_results(res["results"])
     table, summary = metrics_table(docs)
     n_seeds = len(docs)
@@ -506,7 +507,7 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
     lines += ["Generated pairs (generated | mask | normal image), one contact sheet per defect type:", ""]
     for cat in opt.categories:
         for d in opt.defect_list:
-            sheet = out / f"generated{family_suffix(opt.family)}" / "fast" / cat / d / "contact_sheet.png"
+            sheet = family_dir(out, "generated", opt.family) / "fast" / cat / d / "contact_sheet.png"
             if sheet.is_file():
                 lines.append(f"- {cat}/{d}: ![{cat} {d}]({rel(sheet, out)})")
     lines.append("")
@@ -552,7 +553,7 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
         lines += masks_section(opt, out, diversity)
     lines += ["## Where to look", "",
               f"- `{comparison.name}/results.md` (every metric, generation-quality table), `{comparison.name}/bars.png`",
-              f"- `generated{family_suffix(opt.family)}/fast/<texture>/<defect>/` (pairs, `contact_sheet.png`, "
+              f"- `{family_dir(out, 'generated', opt.family).name}/fast/<texture>/<defect>/` (pairs, `contact_sheet.png`, "
               "`synthesis.json`)",
               "- `logs/<stage>/` (checkpoints, image grids, `timing.json`), `logs/console/*.log` (full output)",
               "- `stages/*.json` (per-stage time and peak memory, used to skip finished stages)", ""]
@@ -574,7 +575,7 @@ def main(argv=None) -> int:
         out = ROOT / out
     opt.out = str(out)
     out.mkdir(parents=True, exist_ok=True)
-    if opt.threads:  # also for the stages without a --threads flag (generation, mask reports): children inherit it
+    if opt.threads:  # every child stage inherits it: torch's default thread count follows OMP_NUM_THREADS
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(opt.threads)
     runner = StageRunner(out)
     print(f"FAST demo ({tier}): {', '.join(opt.categories)} x {len(opt.defect_list)} defect types -> {out}\n"
@@ -584,8 +585,8 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     report, table = write_report(opt, tier, runner, res, wall)
     print(f"\nDemo finished in {fmt_seconds(wall)}.\n\n{runner.table()}\n\n{table}\n\n"
-          f"Report: {report}\nComparison: {out / ('comparison' + family_suffix(opt.family))}\n"
-          f"Pairs: {out / ('generated' + family_suffix(opt.family)) / 'fast'}", flush=True)
+          f"Report: {report}\nComparison: {family_dir(out, 'comparison', opt.family)}\n"
+          f"Pairs: {family_dir(out, 'generated', opt.family) / 'fast'}", flush=True)
     return 0
 
 

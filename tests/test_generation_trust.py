@@ -334,7 +334,7 @@ class _FadingFirstStage(_ShiftingFirstStage):
 
 
 def test_defect_contrast_is_the_share_of_real_contrast_the_round_trip_keeps():
-    from ldm.first_stage_check import defect_contrast, verdict
+    from ldm.first_stage_check import defect_contrast, defect_verdict
 
     image = np.full((8, 8, 3), -0.2, np.float32)
     image[2:4, 2:6] = 0.6                               # a bright defect: contrast 0.8 = 102 levels
@@ -342,13 +342,13 @@ def test_defect_contrast_is_the_share_of_real_contrast_the_round_trip_keeps():
     mask[2:4, 2:6] = 1
     images, masks = [image, image], [mask, mask]
     exact = defect_contrast(_ShiftingFirstStage([0.1, -0.1, 0.2]), images, masks)  # a cast, not a fade
-    assert exact["defects"] == 2 and exact["kept"] == pytest.approx(1.0) and verdict(exact) is None
+    assert exact["defects"] == 2 and exact["kept"] == pytest.approx(1.0) and defect_verdict(exact) is None
     assert exact["contrast_real"] == pytest.approx(0.8 * 127.5, abs=0.01)
     faded = defect_contrast(_FadingFirstStage([0.0, 0.0, 0.0]), images, masks)
     assert faded["kept"] == pytest.approx(0.5) and faded["contrast_decoded"] == pytest.approx(0.4 * 127.5, abs=0.01)
-    assert "keeps only 50% of the real defects' contrast" in verdict(faded)
+    assert "keeps only 50% of the real defects' contrast" in defect_verdict(faded)
     empty = defect_contrast(_FadingFirstStage([0.0, 0.0, 0.0]), images, [np.zeros((8, 8))] * 2)
-    assert empty["defects"] == 0 and verdict(empty) is None  # no defect pixels: nothing to measure
+    assert empty["defects"] == 0 and defect_verdict(empty) is None  # no defect pixels: nothing to measure
 
 
 def test_generation_records_the_round_trip_and_warns_when_poor(world, tmp_path, capsys):
