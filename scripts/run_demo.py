@@ -15,8 +15,8 @@ minutes); ``--smoke`` (seconds per stage: the pipeline's plumbing, for tests); `
 budget on every texture x 3 segmenter seeds, mean +- std, STAGE and GroundingAnomaly rows, and the
 ablations). ``--stage`` / ``--grounding`` add those synthesizers to any tier; ``--ablations`` runs, on
 the same trained models, FAST with FARM on/off and AIAS-10 / AIAS-50 / DDPM-1000, and GroundingAnomaly
-w/o SCM's semantic map, w/o GSM (both trained once more), w/o NDI and on masks sampled from a mask-TI
-model (one trained per texture; a diversity report per defect type). ``--family wild`` synthesises and
+w/o GSM (trained once more), w/o NDI, on masks sampled from a mask-TI model (one trained per texture; a
+diversity report per defect type), and as one model per texture with and without SCM's semantic map. ``--family wild`` synthesises and
 evaluates the second defect family (other rendering code, never used for tuning) over the same
 texture-ad backbone, into ``comparison-wild/`` and ``report-wild.md``.
 
@@ -37,6 +37,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -232,6 +233,18 @@ class Demo:
                    [f"data.params.train.params.root={self.data}", *overrides], extra)
         return self.out / "logs" / run / "checkpoints"
 
+    def grounding_texture(self, ldm: Path, category: str, variant: str, overrides: tuple = ()) -> Path:
+        """One GroundingAnomaly model of ``category`` holding every defect type of ``--defects`` (the paper's
+        setting, where the semantic map tells the types apart), trained as long as the per-defect models
+        together."""
+        run = f"grounding-{variant}/{category}"
+        extra = ["--actual_resume", str(ldm), "--category", category, "--init_word", "anomaly"]
+        data = "data.params.train.params"
+        self.train(run, "configs/grounding/texture-demo.yaml", self.opt.fast_steps * len(self.opt.defect_list),
+                   [f"{data}.root={self.data}", f"{data}.defect=[{','.join(self.opt.defect_list)}]", *overrides],
+                   extra)
+        return self.out / "logs" / run / "checkpoints"
+
     def mask_model(self, category: str) -> Path:
         """Train GroundingAnomaly's mask-TI model of ``category``: one model, a token set ``category+defect``
         per defect type of ``--defects`` (main.py names them from the dataset's defect list)."""
@@ -342,50 +355,66 @@ def pipeline(opt, tier: str, runner: StageRunner) -> dict:
     return {"results": results, "generation": gens, "ablations": ablations, "masks": masks}
 
 
-# (label, method, training variant + config overrides, sampler, steps, farm_mode, generation args: str.format
-# templates over the category's ``mask_model`` folder and ``mask_steps``)
+class Ablation(NamedTuple):
+    """One ablation row: how its generator is trained and how its pairs are sampled."""
+    label: str
+    method: str
+    variant: str = ""            # "": the pipeline's own models; else trained once more under this name
+    overrides: tuple = ()        # config overrides of that training
+    sampler: str = "aias"
+    steps: int = 10
+    farm: str = "input"
+    gen_args: tuple = ()         # str.format templates over the category's ``mask_model`` and ``mask_steps``
+    per_texture: bool = False    # one model per texture holding every defect type (``Demo.grounding_texture``)
+
+
+# w/o SCM needs the per-texture models: a model of one defect type paints one anomaly token, so its
+# "binary map" is the same function of the same weights (measured: bit-identical pairs and metrics).
 ABLATIONS = (
-    ("FAST, AIAS-10", "fast", "", (), "aias", 10, "input", ()),
-    ("FAST, AIAS-10, FARM off", "fast", "", (), "aias", 10, "off", ()),
-    ("FAST, AIAS-50", "fast", "", (), "aias", 50, "input", ()),
-    ("FAST, DDPM-1000", "fast", "", (), "ddpm", 1000, "input", ()),
-    ("GroundingAnomaly", "grounding", "", (), "aias", 10, "input", ()),
-    ("GroundingAnomaly w/o SCM (binary map)", "grounding", "binary",
-     ("model.params.scm_config.binary_map=true",), "aias", 10, "input", ()),
-    ("GroundingAnomaly w/o GSM", "grounding", "nogsm", ("model.params.gsm=false",), "aias", 10, "input", ()),
-    ("GroundingAnomaly w/o NDI", "grounding", "", (), "aias", 10, "input", ("--ndi", "off")),
-    ("GroundingAnomaly, generated masks", "grounding", "", (), "aias", 10, "input",
-     ("--mask_source", "generated", "--mask_model", "{mask_model}", "--mask_weight_idx", "{mask_steps}")),
+    Ablation("FAST, AIAS-10", "fast"),
+    Ablation("FAST, AIAS-10, FARM off", "fast", farm="off"),
+    Ablation("FAST, AIAS-50", "fast", steps=50),
+    Ablation("FAST, DDPM-1000", "fast", sampler="ddpm", steps=1000),
+    Ablation("GroundingAnomaly", "grounding"),
+    Ablation("GroundingAnomaly w/o GSM", "grounding", "nogsm", ("model.params.gsm=false",)),
+    Ablation("GroundingAnomaly w/o NDI", "grounding", gen_args=("--ndi", "off")),
+    Ablation("GroundingAnomaly, generated masks", "grounding",
+             gen_args=("--mask_source", "generated", "--mask_model", "{mask_model}", "--mask_weight_idx",
+                       "{mask_steps}")),
+    Ablation("GroundingAnomaly, one model per texture", "grounding", "texture", per_texture=True),
+    Ablation("GroundingAnomaly, one model per texture, w/o SCM (binary map)", "grounding", "texture-binary",
+             ("model.params.scm_config.binary_map=true",), per_texture=True),
 )
 
 
 def run_ablations(opt, demo: Demo, ldm: Path, runs: dict, mask_runs: dict) -> dict:
     """FAST: FARM on vs off at generation, AIAS-10 vs AIAS-50 vs DDPM-1000 on the same trained models;
-    GroundingAnomaly: w/o SCM's semantic map, w/o GSM (each trained once more), w/o NDI (generation), and
-    on masks sampled from the category's mask model (``mask_runs``: category -> its checkpoints folder)
-    instead of the real ones. The same normal images, ``--ablation_samples`` pairs per defect type, every
-    seed."""
+    GroundingAnomaly: w/o GSM (trained once more), w/o NDI (generation), on masks sampled from the
+    category's mask model (``mask_runs``: category -> its checkpoints folder) instead of the real ones, and
+    one model per texture with and without SCM's semantic map. The same normal images,
+    ``--ablation_samples`` pairs per defect type, every seed."""
     cats = ablation_categories(opt)
     out = {}
-    for label, method, variant, overrides, sampler, steps, farm, gen_args in ABLATIONS:
-        if opt.ablations not in ("all", method):
+    for a in ABLATIONS:
+        if opt.ablations not in ("all", a.method):
             continue
-        folder = demo.folder("ablations") / "generated" / slug(label.lower())
+        folder = demo.folder("ablations") / "generated" / slug(a.label.lower())
         gen = []
         for cat in cats:
-            args = tuple(a.format(mask_model=mask_runs.get(cat), mask_steps=opt.mask_steps) for a in gen_args)
+            args = tuple(g.format(mask_model=mask_runs.get(cat), mask_steps=opt.mask_steps) for g in a.gen_args)
+            texture_model = demo.grounding_texture(ldm, cat, a.variant, a.overrides) if a.per_texture else None
             for defect in opt.defect_list:
-                pt = runs.get((method, cat, defect)) if not variant else None
+                pt = texture_model or (runs.get((a.method, cat, defect)) if not a.variant else None)
                 if pt is None:
-                    pt = demo.fast(ldm, cat, defect, method=method, variant=variant, overrides=overrides)
-                gen.append(demo.generate(pt, cat, defect, folder, opt.ablation_samples, sampler=sampler,
-                                         steps=steps, farm_mode=farm, label=label, extra_args=args))
+                    pt = demo.fast(ldm, cat, defect, method=a.method, variant=a.variant, overrides=a.overrides)
+                gen.append(demo.generate(pt, cat, defect, folder, opt.ablation_samples, sampler=a.sampler,
+                                         steps=a.steps, farm_mode=a.farm, label=a.label, extra_args=args))
         seeds = {}
         for seed in range(opt.seeds):
             sub = demo.folder("ablations") / "comparison" / folder.name / f"seed-{seed}"
-            seeds[seed] = demo.compare(demo.compare_name(f"{label} seed {seed}"), sub, cats, method, seed,
-                                       {method: folder}, opt.ablation_samples)
-        out[label] = {"results": seeds, "generation": gen, "method": method}
+            seeds[seed] = demo.compare(demo.compare_name(f"{a.label} seed {seed}"), sub, cats, a.method, seed,
+                                       {a.method: folder}, opt.ablation_samples)
+        out[a.label] = {"results": seeds, "generation": gen, "method": a.method}
     return out
 
 

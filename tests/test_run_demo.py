@@ -14,6 +14,7 @@ from PIL import Image
 
 from scripts.demo_stages import StageRunner, fingerprint
 from utils.errors import UserError
+from utils.safe_load import safe_load
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("## Stage times and peak memory", "## Segmentation on real held-out anomalies (%)", "## Pictures",
@@ -22,8 +23,8 @@ STAGES = ("build texture-ad", "train autoencoder", "train ldm", "train fast/bric
           "generate AIAS-10 brick+scratch", "train stage/brick+scratch", "generate STAGE-10 brick+scratch",
           "train grounding/brick+scratch", "generate GroundingAnomaly-10 brick+scratch", "compare seed 0")
 ABLATIONS = ("FAST, AIAS-10", "FAST, AIAS-10, FARM off", "FAST, AIAS-50", "FAST, DDPM-1000", "GroundingAnomaly",
-             "GroundingAnomaly w/o SCM (binary map)", "GroundingAnomaly w/o GSM", "GroundingAnomaly w/o NDI",
-             "GroundingAnomaly, generated masks")
+             "GroundingAnomaly w/o GSM", "GroundingAnomaly w/o NDI", "GroundingAnomaly, generated masks",
+             "GroundingAnomaly, one model per texture", "GroundingAnomaly, one model per texture, w/o SCM (binary map)")
 MASK_STAGES = ("train masks/brick", "mask diversity brick+scratch")
 
 
@@ -53,7 +54,14 @@ def test_smoke_demo_writes_every_artifact_and_report_section(demo):
     for label in ABLATIONS:  # each variant generated and compared (two variants train their own model)
         assert f"generate {label} brick+scratch" in names and f"compare {label} seed 0" in names, label
         assert f"| {label} |" in report, label
-    assert "train grounding-binary/brick+scratch" in names and "train grounding-nogsm/brick+scratch" in names
+    assert "train grounding-nogsm/brick+scratch" in names
+    # w/o SCM: one model per texture with every defect type of --defects, with and without the semantic map
+    assert "train grounding-texture/brick" in names and "train grounding-texture-binary/brick" in names
+    for run, binary in (("grounding-texture", False), ("grounding-texture-binary", True)):
+        scm = safe_load(out / f"logs/{run}/brick/checkpoints/scm-3.pt")
+        assert ("mask_token" in scm) is binary, run
+        assert {k.split(".")[-1] for k in scm if k.startswith("anomaly_tokens.")} == (set() if binary
+                                                                                      else {"brick+scratch"})
     assert all(stage in names for stage in MASK_STAGES)
     assert all(s["seconds"] > 0 and s["peak_rss_mb"] > 0 for s in doc["stages"])
     for synth in ("fast", "stage", "grounding", "draem", "cutpaste", "normal"):
@@ -76,7 +84,6 @@ def test_smoke_demo_writes_every_artifact_and_report_section(demo):
     # for the grounding ablations: one mask model for brick with a token per defect type of --defects (a list
     # handed to main.py, which once wrote it into the dataset as its repr), its diversity report, and
     # GroundingAnomaly pairs on masks sampled from it
-    from utils.safe_load import safe_load
 
     tokens = {k.split(".")[-1] for k in safe_load(out / "logs/masks/brick/checkpoints/mask_ti-3.pt")
               if k.startswith("tokens.")}
