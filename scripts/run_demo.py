@@ -238,21 +238,22 @@ class Demo:
         setting, where the semantic map tells the types apart), trained as long as the per-defect models
         together."""
         run = f"grounding-{variant}/{category}"
-        extra = ["--actual_resume", str(ldm), "--category", category, "--init_word", "anomaly"]
-        data = "data.params.train.params"
         self.train(run, "configs/grounding/texture-demo.yaml", self.opt.fast_steps * len(self.opt.defect_list),
-                   [f"{data}.root={self.data}", f"{data}.defect=[{','.join(self.opt.defect_list)}]", *overrides],
-                   extra)
+                   [*self.texture_data(category), *overrides], ["--actual_resume", str(ldm), "--init_word", "anomaly"])
         return self.out / "logs" / run / "checkpoints"
+
+    def texture_data(self, category: str) -> list[str]:
+        """Config overrides for training on every defect type of ``--defects`` of ``category`` at once (main.py
+        names one token per defect type)."""
+        data = "data.params.train.params"
+        return [f"{data}.root={self.data}", f"{data}.category={category}",
+                f"{data}.defect=[{','.join(self.opt.defect_list)}]"]
 
     def mask_model(self, category: str) -> Path:
         """Train GroundingAnomaly's mask-TI model of ``category``: one model, a token set ``category+defect``
         per defect type of ``--defects`` (main.py names them from the dataset's defect list)."""
         run = f"masks{self.suffix}/{category}"
-        data = "data.params.train.params"
-        self.train(run, MASK_CONFIG, self.opt.mask_steps,
-                   [f"{data}.root={self.data}", f"{data}.category={category}",
-                    f"{data}.defect=[{','.join(self.opt.defect_list)}]"])
+        self.train(run, MASK_CONFIG, self.opt.mask_steps, self.texture_data(category))
         return self.out / "logs" / run / "checkpoints"
 
     def mask_report(self, mask_run: Path, category: str, defect: str) -> Path:
@@ -404,9 +405,9 @@ def run_ablations(opt, demo: Demo, ldm: Path, runs: dict, mask_runs: dict) -> di
             args = tuple(g.format(mask_model=mask_runs.get(cat), mask_steps=opt.mask_steps) for g in a.gen_args)
             texture_model = demo.grounding_texture(ldm, cat, a.variant, a.overrides) if a.per_texture else None
             for defect in opt.defect_list:
-                pt = texture_model or (runs.get((a.method, cat, defect)) if not a.variant else None)
-                if pt is None:
-                    pt = demo.fast(ldm, cat, defect, method=a.method, variant=a.variant, overrides=a.overrides)
+                # the pipeline's own model unless the variant trains its own (``fast`` skips a finished run)
+                pt = texture_model or (None if a.variant else runs.get((a.method, cat, defect))) or \
+                    demo.fast(ldm, cat, defect, method=a.method, variant=a.variant, overrides=a.overrides)
                 gen.append(demo.generate(pt, cat, defect, folder, opt.ablation_samples, sampler=a.sampler,
                                          steps=a.steps, farm_mode=a.farm, label=a.label, extra_args=args))
         seeds = {}

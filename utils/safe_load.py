@@ -107,14 +107,14 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         pass
-    except (RuntimeError, EOFError, ValueError) as e:  # corrupt or truncated archive etc.
+    except Exception as e:  # corrupt or truncated archive, random bytes (IndexError, struct.error, ...)
         if "weights_only" not in str(e) and "Unsupported" not in str(e):
             raise UserError(f"cannot read {path}: truncated or not a torch file ({_first_line(e)})") from None
     try:
         return torch.load(path, map_location=map_location, pickle_module=_restricted_pickle, weights_only=False)
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{path}: {e}") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+    except Exception as e:
         raise UserError(f"cannot read {path}: truncated or not a torch file ({_first_line(e)})") from None
 
 
@@ -155,6 +155,21 @@ def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
         if all(isinstance(v, torch.Tensor) for v in obj.values()):
             return dict(obj)
     raise UserError(f"cannot find a state dict in an object of type {type(obj).__name__}")
+
+
+def read_weights_file(path: str | os.PathLike, what: str, hint: str = "") -> dict[str, torch.Tensor]:
+    """The flat state dict of a user-supplied local weights file (``what``: e.g. "LPIPS VGG16 weights"),
+    with one-line errors that name the file; a ``module.`` prefix (DataParallel) is dropped."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputNotFound(f"{what} file not found: {path} (nothing is downloaded{'; ' + hint if hint else ''})")
+    try:
+        sd = extract_state_dict(safe_load(path))
+    except UserError as e:
+        raise UserError(f"{what} file {path} does not hold a state dict of tensors ({_first_line(e)})") from None
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
 
 
 def load_module_weights(module: torch.nn.Module, path: str | os.PathLike) -> None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.errors import InputNotFound, UserError
+from utils.errors import UserError
 
 INPUT_SIZE = 299
 NUM_CLASSES = 1000
@@ -235,21 +235,10 @@ def torchvision_transform_input(x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ local weights
 
 def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise InputNotFound(f"Inception-v3 weights file not found: {path} (nothing is downloaded; pass a local "
-                            f"copy of torchvision's inception_v3_google-0cc3c7bd.pth)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # garbage, truncated or pickled-code files all land here (cause kept for FAST_DEBUG)
-        raise UserError(f"Inception-v3 weights file {path} cannot be read as a torch state dict: "
-                        f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}") from e
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
-        raise UserError(f"Inception-v3 weights file {path} does not hold a state dict of tensors")
-    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
+    from utils.safe_load import read_weights_file
+
+    return read_weights_file(path, "Inception-v3 weights",
+                             "pass a local copy of torchvision's inception_v3_google-0cc3c7bd.pth")
 
 
 def check_inception_state_dict(state: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor],

@@ -11,11 +11,12 @@ LPIPS so loss weights stored in first-stage checkpoints line up.
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
+
+from utils.errors import UserError
 
 # VGG16 "D" configuration: conv widths, "M" = 2×2 max-pool; indices follow torchvision's `features`.
 _VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -38,14 +39,9 @@ def vgg16_features() -> nn.Sequential:
 
 
 def _load_local_state_dict(path: str, what: str) -> Dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"LPIPS {what} file not found: {path} (nothing is downloaded)")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ValueError(f"LPIPS {what} file {path} does not hold a state dict")
-    return obj
+    from utils.safe_load import read_weights_file
+
+    return read_weights_file(path, f"LPIPS {what}")
 
 
 class ScalingLayer(nn.Module):
@@ -100,9 +96,9 @@ class vgg16(nn.Module):
         for name, (k, sub, t) in own.items():
             src = state.get(f"features.{name}", state.get(name))
             if src is None:
-                raise ValueError(f"VGG16 weights file {path} has no key 'features.{name}'")
+                raise UserError(f"VGG16 weights file {path} has no key 'features.{name}'")
             if tuple(src.shape) != tuple(t.shape):
-                raise ValueError(f"VGG16 weights file {path}: 'features.{name}' has shape "
+                raise UserError(f"VGG16 weights file {path}: 'features.{name}' has shape "
                                  f"{tuple(src.shape)}, expected {tuple(t.shape)}")
         with torch.no_grad():
             for name, (k, sub, t) in own.items():
@@ -138,7 +134,7 @@ class LPIPS(nn.Module):
                  lin_weights: Optional[str] = None):
         super().__init__()
         if vgg_weights is None:
-            raise ValueError("LPIPS needs user-supplied VGG16 weights (vgg_weights=<local .pth with "
+            raise UserError("LPIPS needs user-supplied VGG16 weights (vgg_weights=<local .pth with "
                              "torchvision 'features.*' keys>); nothing is downloaded")
         self.scaling_layer = ScalingLayer()
         self.chns = list(_LPIPS_CHANNELS)
@@ -166,9 +162,9 @@ class LPIPS(nn.Module):
             key = f"lin{i}.model.1.weight"
             w = state.get(key)
             if w is None:
-                raise ValueError(f"LPIPS linear-layer weights file {lin_weights} has no key '{key}'")
+                raise UserError(f"LPIPS linear-layer weights file {lin_weights} has no key '{key}'")
             if tuple(w.shape) != (1, c, 1, 1):
-                raise ValueError(f"LPIPS linear-layer weights file {lin_weights}: '{key}' has shape "
+                raise UserError(f"LPIPS linear-layer weights file {lin_weights}: '{key}' has shape "
                                  f"{tuple(w.shape)}, expected (1, {c}, 1, 1)")
             with torch.no_grad():
                 lin.model[-1].weight.copy_(w)
