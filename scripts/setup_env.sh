@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 REQ="${1:-requirements-dev.txt}"
 PY="${PYTHON:-python3}"
 VENV="${FAST_VENV:-.venv}"
-stamp="$VENV/.fast-installed-$(cat requirements.txt "$REQ" pyproject.toml | sha256sum | cut -c1-16)"
+stamp="$VENV/.fast-installed-$( (cat requirements.txt "$REQ" pyproject.toml; echo "${FAST_TORCH_PIN:-}") | sha256sum | cut -c1-16)"
 if [ "$REQ" = "requirements-dev.txt" ] && [ -z "${FAST_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   # The studio's browser test (tests/test_studio.py) drives Debian's chromium through playwright; playwright's
   # own browser download is never used. In CI the test fails (does not skip) without it.
@@ -22,7 +22,9 @@ if [ "$REQ" = "requirements-dev.txt" ] && [ -z "${FAST_CHROMIUM:-}" ] && ! comma
 fi
 if [ -f "$stamp" ]; then exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-TORCH_PIN="$(grep -E '^torch==' requirements.txt)"
+# The CPU machines' torch. requirements.txt only declares the supported range (a GPU user's own CUDA torch
+# satisfies it); here the exact build is pinned so that pip never swaps it for a CUDA one.
+TORCH_PIN="${FAST_TORCH_PIN:-torch==2.13.0}"
 echo "[setup] installing $TORCH_PIN into $VENV"
 "$VENV/bin/python" -m pip install -q "$TORCH_PIN"
 constraints="$(mktemp)"; trap 'rm -f "$constraints"' EXIT

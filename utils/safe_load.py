@@ -99,10 +99,22 @@ _restricted_pickle = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, load=
 
 
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """Load a torch file, never executing code from it (see module docstring)."""
+    """Load a weights file, never executing code from it (see module docstring).
+
+    The file's own format decides the reader, never the torch version: ``.safetensors`` (by its
+    header, whatever the suffix) through the safetensors library, returning ``{name: tensor}``;
+    anything else through ``torch.load``. (torch >= 2.13 happens to read safetensors in
+    ``torch.load``; older torch, what a GPU user may have, does not.)"""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputNotFound(f"no such file: {path}")
+    if path.endswith(".safetensors") or is_safetensors_file(path):
+        from utils.tensor_files import load_safetensors
+
+        tensors = load_safetensors(path)[0]
+        if map_location not in (None, "cpu") and not callable(map_location):
+            tensors = {k: v.to(map_location) for k, v in tensors.items()}
+        return tensors
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -116,6 +128,20 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         raise UnsafePickleError(f"{path}: {e}") from None
     except Exception as e:
         raise UserError(f"cannot read {path}: truncated or not a torch file ({_first_line(e)})") from None
+
+
+def is_safetensors_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file: 8 bytes of little-endian header length, then a JSON
+    object of that length (torch files start with a zip or pickle header instead)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= size - 8
 
 
 def _first_line(e: BaseException) -> str:

@@ -27,12 +27,12 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | No
 
 def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """``(tensors, metadata)`` of a ``.safetensors`` file; a damaged file is a one-line UserError."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    except (OSError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as e:
         raise UserError(f"cannot read {path}: not a valid safetensors file ({str(e).splitlines()[0][:160]})") from None
 
 

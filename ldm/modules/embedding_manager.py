@@ -248,7 +248,9 @@ class EmbeddingManager(nn.Module):
         and ``nn.Parameter`` are allowed on top of the tensor-only loader, never arbitrary pickles.
         ``.safetensors`` files (``save_safetensors``) need no unpickling at all.
         """
-        if str(path).endswith(".safetensors"):
+        from utils.safe_load import is_safetensors_file
+
+        if is_safetensors_file(path):
             from utils.tensor_files import load_safetensors
 
             tensors, _ = load_safetensors(path)
