@@ -18,9 +18,18 @@ import argparse
 import os
 import sys
 
-from utils.cli import ArgumentParser  # noqa: E402
+from utils.acceleration import add_cli_flags
+from utils.cli import ArgumentParser
 
 SAMPLERS = ("aias", "ddpm", "ddim", "plms", "stage")
+
+
+def batch_size_arg(value: str):
+    if value == "auto":
+        return value
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected a number >= 1 or auto, got {value!r}")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -78,9 +87,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs_csv", default=None,
                    help="CSV with columns normal_image, mask[, defect]: which mask goes on which image")
     p.add_argument("--n_samples", type=int, default=500)
-    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--batch_size", type=batch_size_arg, default="auto",
+                   help="pairs per network batch, or auto (default): 8 on the CPU; on a GPU the largest power "
+                        "of two up to 64 that fits in memory (pairs do not depend on it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    add_cli_flags(p)
     p.add_argument("--adaptive_mask", action="store_true", help="accepted for compatibility; ignored (as officially)")
     p.add_argument("--no_progress", action="store_true")
     return p
@@ -100,6 +112,7 @@ def options(argv=None):
         pairs_csv=a.pairs_csv, mask_model=a.mask_model, mask_weight_idx=a.mask_weight_idx,
         mask_steps=a.mask_steps, ndi=a.ndi == "on", n_samples=a.n_samples,
         batch_size=a.batch_size, seed=a.seed, device=a.device, progress=not a.no_progress,
+        precision=a.precision, compile=a.compile,
         rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
 
 

@@ -67,9 +67,11 @@ class GenerationOptions:
     native_margin: float = 0.5
     pairs_csv: Optional[str] = None         # explicit (normal image, mask[, defect]) rows
     n_samples: int = 500
-    batch_size: int = 8
+    batch_size: Any = "auto"                # pairs per network batch, or "auto" (see resolve_batch_size)
     seed: int = 0
     device: Optional[str] = None
+    precision: str = "fp32"                 # fp32 or bf16 (utils.acceleration: networks only, paste in fp32)
+    compile: bool = False                   # torch.compile the UNet and FARM (CUDA graphs on a GPU)
     progress: bool = True
     rank: int = 0
     world_size: int = 1
@@ -459,7 +461,10 @@ def pixel_settings(run: TrainedRun, opt: GenerationOptions, split: str, layout: 
             "fg_min_share": opt.fg_min_share if use_foreground(opt, layout) else None,
             "native": opt.native, "native_margin": opt.native_margin if opt.native else None,
             "pairs_csv": file_fingerprint(opt.pairs_csv) if opt.pairs_csv else None,
-            "mask_model": _mask_model_identity(opt)}
+            "mask_model": _mask_model_identity(opt),
+            # bf16 changes pixels beyond float rounding (tests/test_acceleration.py); fp32 folders keep
+            # the manifest they had before the option existed
+            **({"precision": opt.precision} if opt.precision != "fp32" else {})}
 
 
 def _mask_model_identity(opt: GenerationOptions):
@@ -524,8 +529,9 @@ def pick_device(opt: GenerationOptions):
 def validate(opt: GenerationOptions) -> None:
     if opt.n_samples < 1:
         raise UserError(f"--n_samples must be >= 1, got {opt.n_samples}")
-    if opt.batch_size < 1:
-        raise UserError(f"--batch_size must be >= 1, got {opt.batch_size}")
+    if opt.batch_size != "auto" and (not isinstance(opt.batch_size, int) or opt.batch_size < 1):
+        raise UserError(f"--batch_size must be a number >= 1 or auto, got {opt.batch_size!r}")
+    acceleration(opt)  # checks --precision
     if opt.steps is not None and opt.steps < 1:
         raise UserError(f"--steps must be >= 1, got {opt.steps}")
     if opt.seed < 0:
@@ -541,6 +547,44 @@ def validate(opt: GenerationOptions) -> None:
     out = Path(opt.outdir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--outdir {out} exists and is not a folder")
+
+
+def acceleration(opt: GenerationOptions):
+    """The precision and compilation of ``opt`` (``utils.acceleration``)."""
+    from utils.acceleration import Acceleration
+
+    return Acceleration(opt.precision, bool(opt.compile))
+
+
+AUTO_BATCH_CPU = 8      # the CPU's batch: larger batches are no faster per pair on a few cores
+AUTO_BATCH_MAX = 64     # on a GPU: the paper-scale UNet reaches its throughput plateau around here
+AUTO_BATCH_MEMORY_SHARE = 0.6
+
+
+def resolve_batch_size(opt: GenerationOptions, run: TrainedRun, item: dict, device) -> int:
+    """``--batch_size`` as a number. ``auto``: 8 on the CPU; on a GPU, the largest power of two up to 64
+    whose activations fit in 60 % of the free memory, from the peak memory of one eager batch of 2
+    (an over-estimate per pair, since it includes the fixed workspace)."""
+    import dataclasses
+
+    import torch
+
+    if opt.batch_size != "auto":
+        return int(opt.batch_size)
+    if torch.device(device).type != "cuda":
+        return AUTO_BATCH_CPU
+    probe = dataclasses.replace(opt, compile=False)
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    generate_batch(run, probe, [item["image"]] * 2, [item["mask"]] * 2, [0, 1])
+    per_pair = max((torch.cuda.max_memory_allocated(device) - base) / 2, 1)
+    free = torch.cuda.mem_get_info(device)[0]
+    fits = int(AUTO_BATCH_MEMORY_SHARE * free / per_pair)
+    size = 1
+    while size * 2 <= min(fits, AUTO_BATCH_MAX):
+        size *= 2
+    return size
 
 
 def generate_batch(run: TrainedRun, opt: GenerationOptions, images, masks, indices, sampler=None) -> tuple:
@@ -560,14 +604,63 @@ def generate_batch(run: TrainedRun, opt: GenerationOptions, images, masks, indic
     x = torch.from_numpy(np.ascontiguousarray(np.stack(images), dtype=np.float32)).permute(0, 3, 1, 2)
     pix = torch.from_numpy(np.ascontiguousarray(np.stack(masks), dtype=np.float32))[:, None]
     latent = int(model.image_size)
-    kept_alive = rescued_latent_masks(pix, (latent, latent), getattr(model, "mask_threshold", 0.5))
+    threshold = getattr(model, "mask_threshold", 0.5)
+    kept_alive_each = [rescued_latent_masks(pix[i:i + 1], (latent, latent), threshold) for i in range(len(pix))]
     seeds = [pair_seed(opt.seed, opt.sample_name, opt.anomaly_name, n) for n in indices]
-    with torch.inference_mode():
+    accel = acceleration(opt)
+    accel.prepare(model, model.device)
+    with torch.inference_mode(), accel.autocast(model.device):
         out = model.generate(x, pix, [opt.prompt] * len(seeds), [run.name] * len(seeds), sampler, BatchRNG(seeds),
                              guidance_kw={"farm_mode": opt.farm_mode, "writeback": opt.writeback},
                              t_start=opt.t_start)
-    return out.permute(0, 2, 3, 1).float().cpu().numpy(), {"kept_alive": kept_alive, "nfe": sampler.nfe,
-                                                            "seeds": seeds}
+    return out.permute(0, 2, 3, 1).float().cpu().numpy(), {"kept_alive": sum(kept_alive_each), "nfe": sampler.nfe,
+                                                            "kept_alive_each": kept_alive_each, "seeds": seeds}
+
+
+def write_pairs(run: TrainedRun, opt: GenerationOptions, inputs, todo: list, writer, batch_size: int, sampler,
+                device, size: int, progress=None) -> tuple[int, dict]:
+    """Generate and write pairs ``todo`` (indices into ``inputs``) in batches of ``batch_size``; returns
+    ``(masks kept alive, {placement: count})``. The next batch's inputs are read, and finished pairs
+    written, on other threads while the network works on this batch (``utils.pipeline``); with
+    ``--compile`` the last batch is padded to the compiled shape (the padding is thrown away: pair n
+    depends on its own seed only)."""
+    from ldm.pairs import pair_seed
+    from utils.acceleration import device_type
+    from utils.pipeline import Pipeline
+
+    accel = acceleration(opt)
+    kept_alive, placements = 0, {}
+
+    def load(chunk):
+        items = [inputs[n] for n in chunk]
+        return items, [to_model_size(it, size, opt.native_margin) for it in items]
+
+    def write(n, item, window, img):
+        if window is not None:
+            img = paste_window(item["image"], img, item["mask"], window)
+        writer.write(n, img, item["mask"], item["image"],
+                     meta={"normal_image": item["normal_path"], "mask_origin": item["mask_origin"],
+                           "seed": pair_seed(opt.seed, opt.sample_name, opt.anomaly_name, n),
+                           "placement": item["placement"], "window": list(window) if window else None})
+
+    chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    with Pipeline(writers=4 if device_type(device) == "cuda" else 1) as pipe:
+        upcoming = pipe.prefetch(load, chunks[0]) if chunks else None
+        for i, chunk in enumerate(chunks):
+            items, scaled = upcoming.result()
+            if i + 1 < len(chunks):
+                upcoming = pipe.prefetch(load, chunks[i + 1])
+            images, masks, indices = [it["image"] for it, _ in scaled], [it["mask"] for it, _ in scaled], list(chunk)
+            pad = batch_size - len(chunk) if accel.compile else 0
+            out, info = generate_batch(run, opt, images + images[-1:] * pad, masks + masks[-1:] * pad,
+                                       indices + indices[-1:] * pad, sampler)
+            kept_alive += sum(info["kept_alive_each"][:len(chunk)])
+            for n, item, (_, window), img in zip(chunk, items, scaled, out):
+                placements[item["placement"]] = placements.get(item["placement"], 0) + 1
+                pipe.write(write, n, item, window, img)
+            if progress is not None:
+                progress(len(chunk))
+    return kept_alive, placements
 
 
 def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log=print) -> dict:
@@ -577,7 +670,8 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
     """
     from tqdm.auto import tqdm
 
-    from ldm.pairs import PairWriter, check_manifest, derive_seed, pair_seed, write_provenance
+    from ldm.pairs import PairWriter, check_manifest, derive_seed, write_provenance
+    from utils.acceleration import describe as describe_acceleration
 
     validate(opt)
     device = pick_device(opt)
@@ -600,27 +694,16 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
     mine = range(opt.rank, opt.n_samples, opt.world_size)
     todo = [n for n in mine if not writer.done(n)]
     latent = int(run.model.image_size)
+    accel = acceleration(opt)
+    batch_size = resolve_batch_size(opt, run, to_model_size(inputs[todo[0]], size, opt.native_margin)[0],
+                                    device) if todo else 1
     log(f"[generate] {run.name}: step {run.step}, {opt.sampler} ({sampler.nfe} network calls per image), "
-        f"{len(todo)} of {len(mine)} pairs to write on {device} (rank {opt.rank}/{opt.world_size})")
-    kept_alive = 0
-    placements: dict = {}
+        f"{len(todo)} of {len(mine)} pairs to write on {device} (rank {opt.rank}/{opt.world_size}), batch "
+        f"{batch_size}, {describe_acceleration(accel, device)}")
+    prov_extra = {"batch_size": batch_size, "precision": opt.precision, "compile": bool(opt.compile)}
     bar = tqdm(total=len(todo), desc=f"generate {run.name}", disable=not opt.progress, file=sys.stderr)
-    for start in range(0, len(todo), opt.batch_size):
-        chunk = todo[start:start + opt.batch_size]
-        items = [inputs[n] for n in chunk]
-        scaled = [to_model_size(it, size, opt.native_margin) for it in items]
-        out, info = generate_batch(run, opt, [it["image"] for it, _ in scaled], [it["mask"] for it, _ in scaled],
-                                   chunk, sampler)
-        kept_alive += info["kept_alive"]
-        for n, item, (_, window), img in zip(chunk, items, scaled, out):
-            if window is not None:
-                img = paste_window(item["image"], img, item["mask"], window)
-            placements[item["placement"]] = placements.get(item["placement"], 0) + 1
-            writer.write(n, img, item["mask"], item["image"],
-                         meta={"normal_image": item["normal_path"], "mask_origin": item["mask_origin"],
-                               "seed": pair_seed(opt.seed, opt.sample_name, opt.anomaly_name, n),
-                               "placement": item["placement"], "window": list(window) if window else None})
-        bar.update(len(chunk))
+    kept_alive, placements = write_pairs(run, opt, inputs, todo, writer, batch_size, sampler, device, size,
+                                         progress=bar.update)
     bar.close()
     if kept_alive:
         log(f"[generate] warning: {kept_alive} of {len(todo)} masks were thinner than one latent cell "
@@ -634,7 +717,7 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
     log(f"[generate] done: {writer.root}" + (f" (contact sheet {sheet})" if sheet else ""))
     return {"out": str(writer.root), "written": len(todo), "skipped": len(mine) - len(todo), "step": run.step,
             "nfe": sampler.nfe, "seconds": time.perf_counter() - t0, "kept_alive": kept_alive,
-            "sampler": opt.sampler, "placements": placements}
+            "sampler": opt.sampler, "placements": placements, **prov_extra}
 
 
 def check_first_stage(run: TrainedRun, inputs, size: int, opt: GenerationOptions, log=print,

@@ -293,6 +293,10 @@ class DDPM(pl.LightningModule):
             self.log_dict({k + "_ema": v for k, v in loss_dict_ema.items()}, prog_bar=False, logger=True,
                           on_step=False, on_epoch=True, batch_size=bs)
 
+    def hot_modules(self) -> list[tuple[str, nn.Module]]:
+        """The networks called at every sampling step (what ``--compile`` compiles)."""
+        return [("model.diffusion_model", self.model.diffusion_model)]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = list(self.model.parameters())
         if self.learn_logvar:

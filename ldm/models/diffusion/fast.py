@@ -77,6 +77,9 @@ class FAST(MaskedLatentDiffusion):
         loss_dict[f"{prefix}/loss"] = loss
         return self.add_embedding_regulariser(loss, loss_dict)
 
+    def hot_modules(self):
+        return super().hot_modules() + [("FARM", self.FARM)]
+
     def trainable_parameters(self):
         params = super().trainable_parameters()
         params += list(self.FARM.parameters())
