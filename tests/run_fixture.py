@@ -85,3 +85,28 @@ def record_timesteps(model, monkeypatch) -> list:
 
     monkeypatch.setattr(model, "apply_model", spy)
     return calls
+
+
+def train_fast_run(work: Path, data: Path, *flags: str, steps: int = 2, config=fast_config):
+    """A real ``main.py`` training run of the tiny FAST (or ``config``) model for ``steps`` steps on top of a
+    random tiny LDM backbone, on brick/scratch of ``data``; returns ``(trainer, model, checkpoints folder)``."""
+    import main as main_mod
+    from tests.tiny_configs import ldm_config
+
+    torch.manual_seed(0)
+    torch.save({"state_dict": instantiate_from_config(ldm_config()).state_dict()}, work / "ldm.ckpt")
+    model = config(names=[])
+    model["params"]["personalization_config"]["params"].pop("names")
+    train = {"target": "ldm.data.anomaly.AnomalyDataset",
+             "params": {"root": "unused", "category": "x", "defect": "y", "size": 32, "repeats": 4}}
+    cfg = {"model": model, "data": {"target": "ldm.data.datamodule.DataModuleFromConfig",
+                                    "params": {"batch_size": 2, "num_workers": 0, "train": train}},
+           "lightning": {"modelcheckpoint": {"params": {"every_n_train_steps": steps}},
+                         "callbacks": {"image_logger": {"params": {"batch_frequency": 1000, "max_images": 1}}},
+                         "trainer": {"max_steps": steps, "num_sanity_val_steps": 0, "enable_model_summary": False}}}
+    (work / "fast.yaml").write_text(yaml.safe_dump(cfg))
+    trainer, fast = main_mod.run(["--base", str(work / "fast.yaml"), "-t", "-l", str(work / "logs"), "-lf", "fast",
+                                  "--gpus", "none", "--actual_resume", str(work / "ldm.ckpt"),
+                                  "--mvtec_path", str(data / "brick" / "ground_truth" / "scratch") + "/",
+                                  "--init_word", "scratch", *flags])
+    return trainer, fast, work / "logs" / "fast" / "checkpoints"

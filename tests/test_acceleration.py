@@ -129,3 +129,16 @@ def test_auto_batch_is_eight_on_the_cpu(setup):
     opt = generation.GenerationOptions(pt_path="-", sample_name="a", anomaly_name="b", data_root="-")
     assert opt.batch_size == "auto"
     assert generation.resolve_batch_size(opt, None, {}, torch.device("cpu")) == 8
+
+
+def test_training_in_bf16_runs_bf16_mixed_and_writes_finite_artifacts(tmp_path):
+    """``main.py --precision bf16``: Lightning's bf16-mixed (bf16 autocast, fp32 weights and optimizer)."""
+    from tests.run_fixture import train_fast_run
+    from utils.safe_load import safe_load
+
+    data = make_dataset(tmp_path / "data")
+    trainer, model, ckdir = train_fast_run(tmp_path, data, "--precision", "bf16", steps=2)
+    assert trainer.global_step == 2 and str(trainer.precision) == "bf16-mixed"
+    assert all(p.dtype == torch.float32 for p in model.FARM.parameters())
+    farm = safe_load(ckdir / "FARM-2.safetensors")
+    assert farm and all(torch.isfinite(v).all() for v in farm.values() if v.is_floating_point())

@@ -99,34 +99,15 @@ def test_embeddings_load_by_format_whatever_the_suffix(old_torch_load, tmp_path)
 DRIVER = textwrap.dedent('''
     import sys
     from pathlib import Path
-    import torch, yaml
+    import torch
     assert getattr(torch.load, "refuses_safetensors", False), "tests/compat/sitecustomize.py is not active"
-    import main as main_mod
     import generate_with_mask
     from ldm.export import ExportOptions, export_pairs
-    from ldm.util import instantiate_from_config
-    from tests.run_fixture import gen_args, make_dataset
-    from tests.tiny_configs import fast_config, ldm_config
+    from tests.run_fixture import gen_args, make_dataset, train_fast_run
 
     work = Path(sys.argv[1])
     data = make_dataset(work / "data")
-    torch.manual_seed(0)
-    ldm = instantiate_from_config(ldm_config())
-    torch.save({"state_dict": ldm.state_dict()}, work / "ldm.ckpt")
-    model = fast_config(names=[])
-    model["params"]["personalization_config"]["params"].pop("names")
-    train = {"target": "ldm.data.anomaly.AnomalyDataset",
-             "params": {"root": "unused", "category": "x", "defect": "y", "size": 32, "repeats": 4}}
-    cfg = {"model": model, "data": {"target": "ldm.data.datamodule.DataModuleFromConfig",
-                                    "params": {"batch_size": 2, "num_workers": 0, "train": train}},
-           "lightning": {"modelcheckpoint": {"params": {"every_n_train_steps": 2}},
-                         "callbacks": {"image_logger": {"params": {"batch_frequency": 1000, "max_images": 1}}},
-                         "trainer": {"max_steps": 2, "num_sanity_val_steps": 0, "enable_model_summary": False}}}
-    (work / "fast.yaml").write_text(yaml.safe_dump(cfg))
-    main_mod.run(["--base", str(work / "fast.yaml"), "-t", "-l", str(work / "logs"), "-lf", "fast", "--gpus", "none",
-                  "--actual_resume", str(work / "ldm.ckpt"),
-                  "--mvtec_path", str(data / "brick" / "ground_truth" / "scratch") + "/", "--init_word", "scratch"])
-    ckdir = work / "logs" / "fast" / "checkpoints"
+    _, _, ckdir = train_fast_run(work, data, steps=2)
     assert (ckdir / "FARM-2.safetensors").is_file() and (ckdir / "embeddings_gs-2.safetensors").is_file()
     result = generate_with_mask.main(gen_args(data, ckdir, work / "pairs"))
     assert result["written"] == 5, result

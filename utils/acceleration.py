@@ -125,12 +125,15 @@ def describe(accel: Acceleration, device) -> str:
 
 
 def add_cli_flags(parser, training: bool = False) -> None:
-    """``--precision`` and ``--compile``, with the same help on every command."""
+    """``--precision`` (and, for generation, ``--compile``), with the same meaning on every command."""
+    if training:
+        parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                            help="fp32 or bf16 (Lightning bf16-mixed: bf16 autocast, fp32 weights and optimizer); "
+                                 "default: the config's lightning.trainer.precision, else fp32")
+        return
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32 (default) or bf16: the networks run in bfloat16 "
-                             + ("(Lightning bf16-mixed)" if training else
-                                "autocast, the sampler state and the background paste stay float32"))
-    if not training:
-        parser.add_argument("--compile", action="store_true",
-                            help="torch.compile the UNet and FARM (CUDA graphs on a GPU; the first batch "
-                                 "pays the compilation)")
+                        help="fp32 (default) or bf16: the networks run under bfloat16 autocast; the sampler "
+                             "state and the background paste stay float32 (bf16 pays off on GPUs only)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet and FARM (CUDA graphs on a GPU; the first batch pays "
+                             "the compilation)")
