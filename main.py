@@ -225,6 +225,9 @@ def run(argv: list[str] | None = None):
 
     now = datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     logdir, resume_ckpt, base_configs = resolve_logdir(opt, now)
+    from ldm.config_check import check_run
+
+    check_run(opt, base_configs, overrides)  # bad YAML, keys, numbers, paths, --gpus: one line, before any build
     ckptdir = os.path.join(logdir, "checkpoints")
     cfgdir = os.path.join(logdir, "configs")
 

@@ -135,11 +135,15 @@ def check_defect_types(records, index, src: Path) -> None:
 def generated_dirs(a) -> dict:
     """NAME -> folder of pre-generated pairs, from --fast_dir/--stage_dir/--grounding_dir/--generated."""
     dirs = {n: getattr(a, f"{n}_dir") for n in GENERATED if getattr(a, f"{n}_dir", None)}
+    flags = {n: f"--{n}_dir" for n in dirs}
     for spec in a.generated or []:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise UserError(f"--generated {spec!r}: expected NAME=DIR")
-        dirs[name] = path
+        dirs[name], flags[name] = path, f"--generated {name}="
+    for name, path in dirs.items():  # a missing category inside is skipped; a missing folder is a typo
+        if not Path(path).is_dir():
+            raise InputNotFound(f"{flags[name]}{'' if flags[name].endswith('=') else ' '}{path}: folder not found")
     return dirs
 
 
@@ -149,6 +153,9 @@ def run(a) -> int:
     bad = [s for s in synths if s not in KNOWN and s not in pregenerated]
     if bad or not synths:
         raise UserError(f"--synthesizers: unknown {', '.join(bad) or '(none given)'}; known: {', '.join(KNOWN)}")
+    if a.texture_dir and not Path(a.texture_dir).expanduser().is_dir():
+        raise InputNotFound(f"--texture_dir not found: {a.texture_dir}")
+    cfg, arch_kwargs = training_setup(a)  # every flag checked before the dataset is built or --out written
     ensure_dataset(a)
     available = list_categories(a.layout, a.dataset_root)
     cats = [c.strip() for c in a.categories.split(",")] if a.categories else available
@@ -156,7 +163,6 @@ def run(a) -> int:
         if c not in available:
             raise UserError(f"--categories: unknown category '{c}' under {a.dataset_root}; "
                              f"available: {', '.join(available)}")
-    cfg, arch_kwargs = training_setup(a)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {s: {} for s in synths}

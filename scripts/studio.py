@@ -48,15 +48,17 @@ def main(argv=None) -> int:
         from utils.errors import UserError
 
         raise UserError(f"--port must be 1..65535, got {opt.port}")
+    from ldm.studio.core import Studio, check_startup, run_dir_of
+
+    run = run_dir_of(opt.run)
+    out = Path(opt.out) if opt.out else run.resolve().parent.parent.parent / "studio" / "pairs"
+    check_startup(opt.run, out, opt.data_root, opt.generated, opt.mask_model, opt.device, opt.threads)
     if opt.threads:
         import torch
 
         torch.set_num_threads(opt.threads)
-    from ldm.studio.core import Studio, run_dir_of
     from ldm.studio.page import launch
 
-    run = run_dir_of(opt.run)
-    out = Path(opt.out) if opt.out else run.resolve().parent.parent.parent / "studio" / "pairs"
     studio = Studio(opt.run, out, device=opt.device, data_root=opt.data_root, generated=opt.generated,
                     mask_model=opt.mask_model)
     for problem in studio.problems:

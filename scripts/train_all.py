@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 from utils.cli import ArgumentParser  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from utils.errors import InputNotFound, UserError  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -75,14 +75,28 @@ def init_word_for(defect: str, tokenizer, fallback: str | None, layout: str = "f
 def plan(opt, overrides: list[str]) -> list[list[str]]:
     from omegaconf import OmegaConf
 
+    from ldm.config_check import check_config, check_gpus, check_seed, load_config_file, merge_configs
     from ldm.data.layouts import index_category, list_categories
 
     if not os.path.isfile(opt.config):
         raise UserError(f"config not found: {opt.config}")
-    config = OmegaConf.load(opt.config)
-    train = config.data.params.train.params
+    # main.py's own checks, once for every run: YAML, targets, numbers (with the overrides), --gpus
+    check_config(merge_configs([opt.config], overrides), files=[opt.config], paths=False)
+    check_seed(opt.seed)
+    # a dry run may plan for another machine: there only the syntax of --gpus and --ckpt is checked
+    check_gpus(opt.gpus, cuda_count=None if not opt.dry_run else 1 << 16)
+    if opt.ckpt and not opt.dry_run and not os.path.isfile(opt.ckpt):
+        raise InputNotFound(f"--ckpt not found: {opt.ckpt}")
+    if Path(opt.logdir).exists() and not Path(opt.logdir).is_dir():
+        raise UserError(f"--logdir {opt.logdir} exists and is not a folder")
+    config = load_config_file(opt.config)  # the overrides go to every main.py run as they are
+    train = OmegaConf.select(config, "data.params.train.params")
+    if train is None:
+        raise UserError(f"{opt.config}: no data.params.train.params section (the split train_all.py trains on)")
     layout = opt.layout or train.get("layout", "mvtec")
     categories = opt.categories.split(",") if opt.categories else list_categories(layout, opt.dataset)
+    if opt.categories is not None and not all(c.strip() for c in categories):
+        raise UserError(f"--categories {opt.categories!r}: an empty category name")
     wanted = set(opt.defects.split(",")) if opt.defects else None
     tokenizer = None
     try:

@@ -56,7 +56,16 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
 
 
 def training_setup(a: argparse.Namespace) -> tuple[TrainConfig, dict]:
-    """(TrainConfig, arch kwargs) from parsed flags; one-line errors for impossible combinations."""
+    """(TrainConfig, arch kwargs) from parsed flags; one-line errors for impossible values and combinations,
+    all before anything is read or written."""
+    for flag, value, low in (("--threads", a.threads, 0), ("--size", a.size, 1),
+                             ("--base_channels", a.base_channels, 1), ("--examples", getattr(a, "examples", 0), 0)):
+        if value < low:
+            raise UserError(f"{flag} must be >= {low}, got {value}")
+    if not 0.0 <= a.normal_ratio <= 1.0:
+        raise UserError(f"--normal_ratio must be in [0, 1], got {a.normal_ratio}")
+    if not 0.0 <= a.val_fraction < 1.0:
+        raise UserError(f"--val_fraction must be in [0, 1), got {a.val_fraction}")
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     if a.segformer_dir and not a.arch.startswith("segformer"):

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from utils.atomic import torch_save_atomic
+from utils.errors import UserError
 from utils.progress import report as report_progress
 
 LOSSES = ("focal", "ce_dice")
@@ -48,10 +49,19 @@ class TrainConfig:
     log_every: int = 50
 
     def __post_init__(self):
+        """Impossible settings are refused here, in one line naming the flag (``UserError``, a ValueError),
+        before any output folder exists -- not by torch halfway through a run."""
+        from ldm.trainer.devices import check_device
+
         if self.loss not in LOSSES:
-            raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"--steps and --batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+            raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        for flag, value, low in (("--steps", self.steps, 1), ("--batch_size", self.batch_size, 1),
+                                 ("--val_every", self.val_every, 0), ("--num_workers", self.num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UserError(f"{flag} must be an integer >= {low}, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"--lr must be a number > 0, got {self.lr!r}")
+        check_device(self.device, "--device")
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:

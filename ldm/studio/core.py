@@ -49,6 +49,32 @@ def run_dir_of(path) -> Path:
     return p.parent if p.name == "checkpoints" else p
 
 
+def check_startup(run, out=None, data_root=None, generated=None, mask_model=None, device=None,
+                  threads=None) -> None:
+    """``scripts/studio.py``'s flags, before the page starts: ``UserError`` naming the flag of a folder that
+    does not exist, an ``--out`` that cannot be a folder, a device this machine lacks. (A ``--run`` folder
+    that exists but holds no trained model is not refused: the page says so and offers the runs beside it.)"""
+    from ldm.trainer.devices import check_device
+
+    p = Path(run)
+    if not p.exists():
+        raise InputNotFound(f"--run not found: {run}")
+    if not p.is_dir():
+        raise UserError(f"--run {run} is a file; give a trained run folder (or its checkpoints/)")
+    for flag, value in (("--data_root", data_root), ("--generated", generated), ("--mask_model", mask_model)):
+        if value is not None and not Path(value).is_dir():
+            raise InputNotFound(f"{flag} not found: {value}")
+    if out is not None:
+        q = Path(out)
+        while not q.exists() and q != q.parent:  # the nearest existing folder must be a folder
+            q = q.parent
+        if q.exists() and not q.is_dir():
+            raise UserError(f"--out {out}: {q} exists and is not a folder")
+    if threads is not None and threads < 0:
+        raise UserError(f"--threads must be >= 0, got {threads}")
+    check_device(device, "--device")
+
+
 def inspect_run(run_dir: Path) -> RunInfo:
     """A run folder → ``RunInfo``; ``UserError`` saying why it is not a usable trained run."""
     from omegaconf import OmegaConf

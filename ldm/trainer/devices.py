@@ -12,7 +12,9 @@ absent, ``""``, ``none``, ``cpu``  CPU
 ``-1``                          every visible GPU (DDP if more than one)
 ==============================  ==============================
 
-When no GPU is visible, a GPU request falls back to the CPU with a warning.
+When no GPU is visible, a GPU request falls back to the CPU with a warning here; ``main.py`` refuses
+such a request before it gets here (``ldm.config_check.check_gpus``). ``check_device`` does the same
+for the ``--device`` flags of the other commands.
 """
 from __future__ import annotations
 
@@ -65,3 +67,28 @@ def parse_gpus(value: str | int | None, cuda_count: int | None = None) -> Device
     if missing:
         raise UserError(f"--gpus '{value}': device(s) {missing} do not exist ({cuda_count} GPU(s) visible)")
     return DeviceChoice("gpu", ids, "ddp" if len(ids) > 1 else "auto")
+
+
+def check_device(value, flag: str = "--device"):
+    """A torch device name the user gave (``cpu``, ``cuda``, ``cuda:1``, ``mps``) → ``torch.device``.
+
+    ``UserError`` naming ``flag`` for a name torch does not know (``gpu``) and for a device this
+    machine does not have (``cuda`` where torch sees no GPU, ``cuda:3`` with two), instead of torch's
+    RuntimeError/AssertionError at the first tensor moved there. ``None`` stays None (the caller's default)."""
+    if value is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(str(value).strip())
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"{flag} {value!r}: not a device name (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"{flag} {value}: this machine has no CUDA GPU (torch sees none); use {flag} cpu")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"{flag} {value}: no such GPU ({count} visible: cuda:0..cuda:{count - 1})")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"{flag} {value}: this machine has no MPS device; use {flag} cpu")
+    return device
