@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from utils.acceleration import Acceleration, add_cli_flags
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
@@ -60,6 +61,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default=None,
                    help="device indices: '0', '0,', '0,1'; -1 = all GPUs; absent/none = CPU")
     p.add_argument("--max_steps", type=int, default=None, help="shortcut for lightning.trainer.max_steps")
+    add_cli_flags(p, training=True)
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (0: torch's default, one per core)")
     return p
@@ -261,6 +263,8 @@ def run(argv: list[str] | None = None):
     for key in ("accelerator", "devices", "strategy"):
         trainer_config.pop(key, None)
     precision = str(trainer_config.pop("precision", "32-true"))
+    if opt.precision is not None:  # --precision bf16: Lightning's bf16-mixed (utils.acceleration)
+        precision = Acceleration(opt.precision).lightning_precision
     if devices.accelerator == "cpu" and precision in ("16", "16-mixed"):
         print(f"warning: precision {precision} needs a GPU; using 32-true on the CPU")
         precision = "32-true"

@@ -520,7 +520,9 @@ def pick_device(opt: GenerationOptions):
     import torch
 
     if opt.device:
-        return torch.device(opt.device)
+        from ldm.trainer.devices import check_device
+
+        return check_device(opt.device)  # "gpu", or cuda on a machine without one: one line naming --device
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
@@ -536,6 +538,12 @@ def validate(opt: GenerationOptions) -> None:
         raise UserError(f"--steps must be >= 1, got {opt.steps}")
     if opt.seed < 0:
         raise UserError(f"--seed must be >= 0, got {opt.seed}")
+    if not 0.0 <= opt.eta <= 1.0:  # also refuses nan
+        raise UserError(f"--eta must lie in [0, 1], got {opt.eta}")
+    if opt.mask_steps < 1:
+        raise UserError(f"--mask_steps must be >= 1, got {opt.mask_steps}")
+    if opt.fg_dir is not None and not Path(opt.fg_dir).is_dir():
+        raise InputNotFound(f"--fg_dir not found: {opt.fg_dir}")
     if not opt.ndi and opt.t_start is not None:
         raise UserError(f"--ndi off starts from pure noise: it cannot be combined with --t_start {opt.t_start}")
     if not 0.0 < opt.fg_min_share <= 1.0:
