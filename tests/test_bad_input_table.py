@@ -295,6 +295,12 @@ GEN = [
       "--ndi off", "--t_start"),
     C("kernel_unknown", "generate_with_mask.py", lambda w: _gen(w, "--kernel", "gauss"), "--kernel", "gauss"),
     C("steps_not_a_number", "generate_with_mask.py", lambda w: _with(_gen(w), "--steps", "many"), "--steps"),
+    C("device_not_a_device", "generate_with_mask.py", lambda w: _with(_gen(w), "--device", "gpu"), "--device", "gpu"),
+    C("eta_nan", "generate_with_mask.py", lambda w: _gen(w, "--eta", "nan"), "--eta"),
+    C("mask_steps_zero", "generate_with_mask.py", lambda w: _gen(w, "--mask_steps", "0"), "--mask_steps"),
+    C("fg_dir_missing", "generate_with_mask.py", lambda w: _gen(w, "--fg_dir", str(w.tmp / "fgs")), "--fg_dir", "fgs"),
+    C("batch_size_zero", "generate_with_mask.py", lambda w: _gen(w, "--batch_size", "0"), "--batch_size"),
+    C("precision_unknown", "generate_with_mask.py", lambda w: _gen(w, "--precision", "fp16"), "--precision", "fp16"),
 ]
 
 
