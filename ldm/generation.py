@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from utils.errors import InputNotFound, UserError
+from utils.run_folder import find_run_config
 
 DEFAULT_NAME_TEMPLATE = "{category}+{defect}"
 
@@ -112,19 +113,6 @@ class TrainedRun(TrainSettings):
 
 
 # ------------------------------------------------------------------------------------------ model build
-def find_run_config(pt_path, config: Optional[str] = None) -> Path:
-    """The config a run saved (``<run>/configs/*-project.yaml``, newest), or ``config`` when given."""
-    if config:
-        if not os.path.isfile(config):
-            raise InputNotFound(f"--config not found: {config}")
-        return Path(config)
-    cfg_dir = Path(pt_path).parent / "configs"
-    found = sorted(cfg_dir.glob("*-project.yaml"))
-    if not found:
-        raise InputNotFound(f"no --config given and no saved config in {cfg_dir}")
-    return found[-1]
-
-
 def build_model(config, ckpt=None, names: Optional[list] = None, init_word: Optional[str] = None,
                 device="cpu", quiet: bool = True):
     """The model of a config (path, OmegaConf or dict), in eval mode on ``device``.

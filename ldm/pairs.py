@@ -68,7 +68,7 @@ def pair_scores(image: np.ndarray, mask: np.ndarray, original: np.ndarray) -> di
     """Per-pair quality: ``saliency`` (defect inside the mask vs a ring around it), ``background_error``
     (mean abs error outside the mask, 0 with the exact paste) and ``mask_area`` (fraction); ``score``
     = saliency, higher = a more visible defect."""
-    from ldm.synthesizers.quality import anomaly_saliency, background_preservation
+    from ldm.quality.pixels import anomaly_saliency, background_preservation
 
     sal = anomaly_saliency(image, original, mask)
     bg = background_preservation(image, original, mask, margin=0)

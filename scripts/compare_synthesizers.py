@@ -30,7 +30,7 @@ from ldm.segmentation.train import fit_and_evaluate  # noqa: E402
 from ldm.synthesizers import METHODS  # noqa: E402
 from ldm.synthesizers.common import synthesize_baseline  # noqa: E402
 from ldm.synthesizers.cutpaste import VARIANTS  # noqa: E402
-from ldm.synthesizers.quality import folder_quality, split_strip  # noqa: E402
+from ldm.quality.pixels import folder_quality, split_strip  # noqa: E402
 from scripts.train_segmenter import add_training_args, training_setup  # noqa: E402
 from utils.atomic import write_text_atomic  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402

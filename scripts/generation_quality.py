@@ -15,7 +15,7 @@ same defect type (the IC-LPIPS cluster centres): give it once for all ``--pairs`
 dict); IC-LPIPS needs ``--vgg_weights`` (torchvision VGG16 state dict) and ``--real``; the LPIPS
 linear heads (``--lin_weights``, the lpips package's ``weights/v0.1/vgg.pth``) are optional, but
 without them the heads are uniform and the numbers are not comparable to published IC-LPIPS.
-Nothing is downloaded.  See ``utils/generation_quality.py`` for the definitions and NaN rules.
+Nothing is downloaded.  See ``ldm/quality/generative.py`` for the definitions and NaN rules.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from utils.atomic import write_text_atomic  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import InputNotFound, UserError  # noqa: E402
-from utils.generation_quality import (ic_lpips_details, inception_score, list_pngs,  # noqa: E402
+from ldm.quality.generative import (ic_lpips_details, inception_score, list_pngs,  # noqa: E402
                                       load_images_uint8, to_minus1_1)
 from utils.metrics import jsonable  # noqa: E402
 

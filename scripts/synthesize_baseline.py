@@ -16,7 +16,7 @@ from ldm.data.layouts import SPLIT_MODES, index_category  # noqa: E402
 from ldm.synthesizers import METHODS  # noqa: E402
 from ldm.synthesizers.common import MASK_SOURCES, synthesize_baseline  # noqa: E402
 from ldm.synthesizers.cutpaste import VARIANTS  # noqa: E402
-from ldm.synthesizers.quality import folder_quality  # noqa: E402
+from ldm.quality.pixels import folder_quality  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.metrics import jsonable  # noqa: E402

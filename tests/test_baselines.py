@@ -9,7 +9,7 @@ from ldm.data.layouts import index_category, split_anomalies
 from ldm.synthesizers.common import PairWriter, make_mask_source, synthesize_baseline
 from ldm.synthesizers.draem import AUGMENTERS, augment_texture, draem_blend, skimage_source_paths
 from tests.fixtures_data import make_mvtec_tree
-from ldm.synthesizers.quality import (anomaly_saliency, background_preservation, folder_quality,
+from ldm.quality.pixels import (anomaly_saliency, background_preservation, folder_quality,
                                       mean_pairwise_rms, split_strip)
 
 SIZE = 32

@@ -1,4 +1,4 @@
-"""IS and IC-LPIPS (``utils/generation_quality.py``), the local Inception-v3 and ``scripts/generation_quality.py``.
+"""IS and IC-LPIPS (``ldm/quality/generative.py``), the local Inception-v3 and ``scripts/generation_quality.py``.
 
 The metrics are checked against closed forms; the Inception-v3 state dict against torchvision's
 layout (580 entries and 27,161,264 parameters per torchvision's ``Inception_V3_Weights`` docs; the
@@ -18,7 +18,7 @@ from PIL import Image
 from ldm.modules.inception import (InceptionV3, check_inception_state_dict, inception_state_dict_shapes,
                                    load_inception, torchvision_transform_input)
 from utils.errors import InputNotFound, UserError
-from utils.generation_quality import (ic_lpips, ic_lpips_details, inception_score, load_images_uint8,
+from ldm.quality.generative import (ic_lpips, ic_lpips_details, inception_score, load_images_uint8,
                                       load_png_folder, to_minus1_1)
 
 

@@ -12,7 +12,8 @@ import torch
 import generate_with_mask as gen
 import main as main_mod
 from ldm.data.generated_masks import DefectMasksDataset, GeneratedMasks
-from ldm.data.mixed import MixedNormalAnomalyDataset, mix_batch, normal_count
+from ldm.data.mixed import MixedNormalAnomalyDataset
+from ldm.models.diffusion.mnt import mix_batch, normal_count
 from ldm.data.texture_ad import build_texture_ad
 from ldm.generation import generate_pairs, load_run
 from ldm.generation import make_sampler as run_sampler

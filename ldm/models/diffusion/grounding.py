@@ -9,7 +9,7 @@ subclass plus the modules of :mod:`ldm.modules.grounding`.
 - **LoRA** (``self.lora``): low-rank updates of the attention projections (forward hooks), the only
   change to the backbone's function; its weights stay frozen and keep their checkpoint keys.
 - **MNT**: each training batch mixes normal images (empty anomaly map) and anomalies at ``mnt_ratio``
-  (:mod:`ldm.data.mixed`).
+  (:mod:`ldm.models.diffusion.mnt`, batches from :mod:`ldm.data.mixed`).
 - **NDI**: sampling starts from the normal image's latent noised to ``ndi_t_start`` (AIAS, DDIM, PLMS,
   DDPM); AIAS spends proportionally fewer network calls (``ndi_scale_steps``).
 
@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ldm.data.mixed import mix_batch, normal_count
+from ldm.models.diffusion.mnt import mix_batch, normal_count
 from ldm.models.diffusion.ddpm import LatentDiffusion
 from ldm.models.diffusion.latent_mask import latent_mask
 from ldm.models.diffusion.masked import MaskedLatentDiffusion
@@ -179,7 +179,7 @@ class GroundingAnomaly(MaskedLatentDiffusion):
 
     # ------------------------------------------------------------------ training
     def mixed_batch(self, batch: dict) -> dict:
-        """MNT: the batch with ``normal_count`` normal rows for this step (``ldm.data.mixed``)."""
+        """MNT: the batch with ``normal_count`` normal rows for this step (``ldm.models.diffusion.mnt``)."""
         n = normal_count(int(batch[self.first_stage_key].shape[0]), self.mnt_ratio, int(self.global_step))
         return mix_batch(batch, n, self.first_stage_key, self.mask_key, self.cond_stage_key, self.normal_key,
                          self.normal_caption_key)

@@ -219,7 +219,7 @@ def build_mask_model(config, device="cpu"):
 
 def load_mask_run(pt_path, weight_idx: Optional[int] = None, config=None, device="cpu") -> tuple[MaskDiffusion, int]:
     """(model with artifacts, step) of a mask-TI run folder (``--pt_path`` = ``<run>/checkpoints``)."""
-    from ldm.generation import find_run_config
+    from utils.run_folder import find_run_config
 
     pt_path = Path(pt_path)
     if not pt_path.is_dir():
