@@ -341,13 +341,14 @@ def to_model_size(item: dict, size: int, margin: float) -> tuple[dict, tuple | N
     from PIL import Image
 
     from ldm.data.io import resize_mask, to_uint8
+    from utils.images import uint8_to_float
     from ldm.data.placement import window_around
 
     if item["image"].shape[:2] == (size, size):
         return item, None
     top, left, h, w = window_around(item["mask"], size, margin)
     crop = to_uint8(item["image"][top:top + h, left:left + w])
-    img = np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC), np.float32) / 127.5 - 1.0
+    img = uint8_to_float(np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC)))
     mask = resize_mask(item["mask"][top:top + h, left:left + w], (size, size))
     if not mask.any():  # a mask thinner than a model pixel after the resize: keep its strongest pixel
         small = np.asarray(Image.fromarray(item["mask"][top:top + h, left:left + w].astype(np.float32))
@@ -363,9 +364,10 @@ def paste_window(full, generated, mask, window):
     from PIL import Image
 
     from ldm.data.io import to_uint8
+    from utils.images import uint8_to_float
 
     top, left, h, w = window
-    up = np.asarray(Image.fromarray(to_uint8(generated)).resize((w, h), Image.BICUBIC), np.float32) / 127.5 - 1.0
+    up = uint8_to_float(np.asarray(Image.fromarray(to_uint8(generated)).resize((w, h), Image.BICUBIC)))
     out = np.array(full, dtype=np.float32, copy=True)
     region = out[top:top + h, left:left + w]
     m = np.asarray(mask[top:top + h, left:left + w]) > 0.5
@@ -741,10 +743,9 @@ def check_first_stage(run: TrainedRun, inputs, size: int, opt: GenerationOptions
 def real_defects(opt: GenerationOptions, layout: str, split: str, size, count: int = 16) -> tuple[list, list]:
     """Up to ``count`` generator-side real defect images ([-1, 1]) and masks of this category+defect, found
     through ``--mask_path`` or ``--data_root``; ``([], [])`` when neither is a dataset holding them."""
-    import numpy as np
-
     from ldm.data.io import load_image_uint8, load_mask
     from ldm.data.layouts import index_category, resolve_mvtec_path, split_anomalies
+    from utils.images import uint8_to_float
 
     for path in (opt.mask_path, opt.data_root):
         if path is None:
@@ -755,7 +756,7 @@ def real_defects(opt: GenerationOptions, layout: str, split: str, size, count: i
         except (OSError, ValueError, KeyError):  # UserError is a ValueError
             continue  # not a dataset folder this layout can index: a plain folder of masks
         if samples:
-            return ([load_image_uint8(s.image, size).astype(np.float32) / 127.5 - 1.0 for s in samples],
+            return ([uint8_to_float(load_image_uint8(s.image, size)) for s in samples],
                     [load_mask(s.mask, size) for s in samples])
     return [], []
 
@@ -778,13 +779,13 @@ def write_contact_sheet(writer, n_samples: int, count: int = 16):
     import torch
     from PIL import Image
 
-    from utils.images import make_grid, save_png
+    from utils.images import make_grid, save_png, uint8_to_float
 
     strips = []
     for n in range(n_samples):
         p = writer.paths(n)["image-mask-ori"]
         if p.is_file():
-            strips.append(np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
+            strips.append(uint8_to_float(np.asarray(Image.open(p).convert("RGB"))))
         if len(strips) == count:
             break
     if not strips:

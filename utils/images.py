@@ -11,6 +11,17 @@ from PIL import Image
 from utils.atomic import atomic_path
 
 
+def float_to_uint8(a) -> np.ndarray:
+    """An image in [-1, 1] (any shape) as the uint8 a PNG holds: round((a + 1)·127.5), clipped to 0..255,
+    computed in float32. The project's one float → uint8 rule (``uint8_to_float`` is its inverse)."""
+    return np.clip((np.asarray(a, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def uint8_to_float(a) -> np.ndarray:
+    """uint8 pixels as float32 in [-1, 1]: a / 127.5 − 1 (the CompVis convention)."""
+    return np.asarray(a).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
 def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
     """B×C×H×W float tensor in ``value_range`` → B×H×W×C uint8 (C = 1 or 3; 1 is kept as grey)."""
     if images.ndim == 3:

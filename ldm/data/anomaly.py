@@ -32,6 +32,7 @@ from ldm.data.layouts import (
     split_anomalies,
 )
 from utils.errors import InputNotFound, UserError
+from utils.images import uint8_to_float
 
 __all__ = ["AnomalyDataset", "NormalImagesDataset", "ANOMALYDIFFUSION_TEMPLATES", "resolve_templates"]
 
@@ -127,7 +128,7 @@ class _CachedImages(Dataset):
         return a
 
     def _item(self, image_u8: np.ndarray, mask: np.ndarray, caption: str, name: str) -> dict:
-        image = image_u8.astype(np.float32) / 127.5 - 1.0
+        image = uint8_to_float(image_u8)
         if self.flip_p > 0 and random.random() < self.flip_p:
             image, mask = image[:, ::-1], mask[:, ::-1]
         if self.crop_size is not None:  # a random window: more distinct samples per step for a conv net

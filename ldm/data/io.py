@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from utils.errors import InputNotFound, UserError
+from utils.images import float_to_uint8, uint8_to_float
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -147,8 +148,7 @@ def load_image_uint8(path: Union[str, os.PathLike], size: SizeLike = None) -> np
 
 def load_image(path: Union[str, os.PathLike], size: SizeLike = None) -> np.ndarray:
     """float32 H×W×3 in [-1, 1] (RGB, bicubic resize to ``size``; ``None`` keeps the file's size)."""
-    a = load_image_uint8(path, size)
-    return (a.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
+    return uint8_to_float(load_image_uint8(path, size))
 
 
 def binarize_mask_array(a: np.ndarray) -> np.ndarray:
@@ -203,7 +203,7 @@ def to_uint8(image: np.ndarray, path="array") -> np.ndarray:
     if a.dtype.kind == "f":
         if a.ndim == 2:
             return np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.clip((a + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+        return float_to_uint8(a)
     if a.dtype != np.uint8:
         raise UserError(f"cannot save array of dtype {a.dtype} as PNG: {path}")
     return a

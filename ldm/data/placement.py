@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from utils.errors import InputNotFound, UserError
+from utils.images import float_to_uint8
 
 # MVTec-AD's object categories (the other five are textures); VisA and BTAD products are objects too
 MVTEC_OBJECTS = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor",
@@ -52,7 +53,7 @@ def foreground_mask(image: np.ndarray) -> np.ndarray:
     """Foreground (H×W bool) of an RGB image in [-1, 1] or uint8, by Otsu + border rule."""
     a = np.asarray(image)
     if a.dtype != np.uint8:
-        a = np.clip((a.astype(np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+        a = float_to_uint8(a)
     gray = a.mean(axis=2) if a.ndim == 3 else a.astype(np.float64)
     bright = gray > otsu_threshold(gray.astype(np.uint8))
     border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])

@@ -20,15 +20,9 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from utils.images import float_to_uint8, uint8_to_float
+
 VARIANTS = ("patch", "scar", "patch_scar", "mask")
-
-
-def _to_u8(image: np.ndarray) -> np.ndarray:
-    return np.clip((np.asarray(image, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-
-
-def _to_float(a: np.ndarray) -> np.ndarray:
-    return a.astype(np.float32) / 127.5 - 1.0
 
 
 def color_jitter(a: np.ndarray, rng: np.random.Generator, strength: float = 0.1) -> np.ndarray:
@@ -121,7 +115,7 @@ class CutPasteSynthesizer:
         return out, m
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
-        a = _to_u8(image)
+        a = float_to_uint8(image)
         variant = self.variant
         if variant == "patch_scar":
             variant = "patch" if rng.random() < 0.5 else "scar"
@@ -132,4 +126,4 @@ class CutPasteSynthesizer:
         else:
             out, m = self._mask_shaped(a, np.asarray(mask) > 0.5, rng)
         # pasted pixels identical to the original (flat regions) stay in the mask: they were replaced
-        return _to_float(out), m.astype(np.float32)
+        return uint8_to_float(out), m.astype(np.float32)

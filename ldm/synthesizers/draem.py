@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from ldm.data.io import IMAGE_EXTENSIONS, load_image_uint8, natural_key, parse_size
+from utils.images import float_to_uint8, uint8_to_float
 
 # scikit-image bundled files and the licence stated in their docstrings.
 SKIMAGE_SOURCES = {
@@ -169,11 +170,11 @@ class DraemSynthesizer:
         m = (np.asarray(mask) > 0.5).astype(np.float32)
         hw = image.shape[:2]
         if self.rotate_normal_p > 0 and rng.random() < self.rotate_normal_p:
-            u8 = np.clip((image + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+            u8 = float_to_uint8(image)
             u8 = np.asarray(Image.fromarray(u8).rotate(float(rng.uniform(-90, 90)), resample=Image.BILINEAR))
-            image = u8.astype(np.float32) / 127.5 - 1.0
+            image = uint8_to_float(u8)
         tex = augment_texture(self._texture(int(rng.integers(len(self.paths))), hw), rng, self.n_ops)
-        tex = tex.astype(np.float32) / 127.5 - 1.0
+        tex = uint8_to_float(tex)
         b = float(rng.uniform(*self.beta_range))
         out = draem_blend(image, tex, m, b)
         return np.clip(out, -1.0, 1.0).astype(np.float32), m
