@@ -10,7 +10,9 @@ Output: ``<outdir>/<sample_name>/<anomaly_name>/{image,mask,image-mask-ori,meta}
 ``contact_sheet.png``. Pair n depends only on (seed, sample, anomaly, n): the same for any batch size,
 after an interruption, and on every process of a ``torchrun`` run (indices are split by rank).
 Re-running skips finished pairs; a rerun with any pixel-changing setting changed is refused. Pixels
-outside the mask are the normal image's, exactly. The work is done by ``ldm.generation``.
+outside the mask are the normal image's, exactly -- except for STAGE in its official mode (no paste;
+``paste: true`` in its config restores it), whose background error ``pairs.csv`` reports. The work is
+done by ``ldm.generation``.
 """
 from __future__ import annotations
 

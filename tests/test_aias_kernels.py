@@ -1,4 +1,4 @@
-"""AIAS kernels and grids against the closed forms and the numbers in method.md §2.8 / §3."""
+"""AIAS kernels and grids against the closed forms and the numbers in docs/method.md §2.6 / §2.5."""
 import math
 import random
 
@@ -17,7 +17,8 @@ SCHEDULES = {
 }
 ALPHA_BAR_T = {"ldm": 4.6601e-03, "ddpm": 4.0358e-05}
 
-# method.md §2.8 tables, 1-indexed paper endpoints: (t_s, t_e): (Pi, Sigma correct, Sigma printed, V correct, V printed)
+# docs/method.md §2.6 table (the ldm rows; the ddpm rows are the linear-in-beta control), 1-indexed paper
+# endpoints: (t_s, t_e): (Pi, Sigma correct, Sigma printed, V correct, V printed)
 TABLES = {
     "ldm": {
         (2, 0): (0.000000, 1.000000, 1.000000, 0.000000, 0.000426),
@@ -70,7 +71,7 @@ def test_paper_kernel_differs_from_composition(name):
     worst = max(max(abs(a - b) for a, b in zip(segment_coefficients(sch, t_s, t_e, "paper"),
                                                 compose_single_steps(sch, t_s, t_e)))
                 for t_s, t_e in _pairs())
-    assert worst > 0.9  # method.md: 0.959 (ldm) / 0.999 (ddpm) over its own segment set
+    assert worst > 0.9  # 0.959 (ldm) / 0.999 (ddpm) over the reference's own segment set
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
@@ -132,14 +133,14 @@ def test_printed_and_correct_tables(name, pair):
 
 
 def test_ddim_eta_zero_contrast_numbers():
-    # method.md §2.8: DDIM eta=0 at 700->600 (1-indexed)
+    # docs/method.md §2.6: DDIM eta=0 at 700->600 (1-indexed)
     for name, ref in {"ldm": (0.956163, 0.126504), "ddpm": (0.990431, 0.078206)}.items():
         pi, sigma, var = ddim_coefficients(SCHEDULES[name], 699, 599, eta=0.0)
         assert abs(pi - ref[0]) < 5.01e-7 and abs(sigma - ref[1]) < 5.01e-7 and var == 0.0
 
 
 def test_official_grid_last_segment_error():
-    # method.md §2.8 per-segment table, segment 47 (22->2): sqrt V 0.03948 / 0.08117, var ratio 3.9514
+    # docs/method.md §2.6, the official grid's last segment (22->2): sqrt V 0.03948 / 0.08117, var ratio 3.9514
     sch = SCHEDULES["ldm"]
     pi, sig, var = segment_coefficients(sch, 21, 1, "exact")
     _, sig_p, var_p = segment_coefficients(sch, 21, 1, "paper")

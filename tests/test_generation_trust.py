@@ -256,6 +256,9 @@ def test_train_all_plans_official_init_words(tmp_path, capsys):
 
 # ------------------------------------------------------------------ the same path for STAGE runs
 def test_stage_runs_generate_through_the_same_library_path(tmp_path):
+    import dataclasses
+
+    from ldm.generation import generate_pairs
     from tests.tiny_configs import stage_config
 
     data = make_dataset(tmp_path / "data")
@@ -269,6 +272,23 @@ def test_stage_runs_generate_through_the_same_library_path(tmp_path):
     root = tmp_path / "out" / "brick" / "scratch"
     prov = json.loads((root / "provenance.json").read_text())
     assert prov["generator"] == "STAGE" and len(prov["training_anomalies"]) == 2
+    # official STAGE does not paste: the background is the decoder's, and its error is reported, not hidden
+    rows = read_index(root)
+    assert len(rows) == 5 and all(r["background_error"] > 0 for r in rows)
+    for n in range(5):
+        strip = np.asarray(Image.open(root / "image-mask-ori" / f"{n}.png"))
+        img, mask, original = strip[:, :32], strip[:, 32:64, 0], strip[:, 64:]
+        assert not np.array_equal(img[mask == 0], original[mask == 0])
+    # the paste option (a STAGE sampler option, reached through GenerationOptions.extra) restores the
+    # exact background; it changes pixels, so the first folder refuses it
+    opt = gen.options(gen_args(data, ckdir, tmp_path / "out", "--sampler", "stage", "--steps", "5"))
+    with pytest.raises(UserError, match="extra"):
+        generate_pairs(dataclasses.replace(opt, extra={"paste": True}), log=lambda *_: None)
+    pasted = generate_pairs(dataclasses.replace(opt, outdir=str(tmp_path / "pasted"), extra={"paste": True}),
+                            log=lambda *_: None)
+    assert pasted["written"] == 5
+    root = tmp_path / "pasted" / "brick" / "scratch"
+    assert all(r["background_error"] == 0 for r in read_index(root))
     for n in range(5):
         strip = np.asarray(Image.open(root / "image-mask-ori" / f"{n}.png"))
         img, mask, original = strip[:, :32], strip[:, 32:64, 0], strip[:, 64:]

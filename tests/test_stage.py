@@ -1,5 +1,6 @@
 """STAGE: explicit mask alignment, branch windows, the two-branch loop against a hand-written reference,
-the training step and its loss, accelerated NFE, the exact background, artifacts and main.py."""
+the training step and its loss (official L1 default, L2 option), accelerated NFE, the official output
+(no paste) and the paste option, artifacts and main.py."""
 import math
 
 import pytest
@@ -278,61 +279,122 @@ def test_training_step_updates_only_embeddings_and_both_adapters(model):
         assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)), prefix
 
 
-def test_loss_matches_a_hand_computation(model):
-    m = model.eval()
+def _hand_loss_pieces(m, x0, mask, t, eps, eps_m, c):
+    """(M_t, ε̂_img, ε̂_mask) written out from the official ``p_losses``."""
+    ab = m.alphas_cumprod[t].view(-1, 1, 1, 1)
+    alpha = ((t.float() - 200) / 800).clamp(0, 1).view(-1, 1, 1, 1)
+    m_t = alpha * (1 - mask) + mask
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    mask_t = ab.sqrt() * (mask * x0) + (1 - ab).sqrt() * eps_m
+    eps_img = m.fine_image(m.model(x_t, t, c_crossattn=[c]), m_t)
+    eps_mask = m.fine_mask(m.model(mask_t, t, c_crossattn=[c]), mask)
+    return m_t, eps_img, eps_mask
+
+
+def _fixed_loss_inputs(m):
     torch.manual_seed(1)
     x0 = torch.randn(2, 4, 8, 8)
-    mask = _square_mask(2)
     t = torch.tensor([650, 120])
     eps, eps_m = torch.randn_like(x0), torch.randn_like(x0)
     c = m.get_learned_conditioning({"caption": ["Anomaly *"] * 2, "name": [NAME] * 2})
+    return x0, _square_mask(2), t, eps, eps_m, c
+
+
+def test_defaults_are_the_official_l1_loss_with_weight_4_and_no_paste(model):
+    assert model.loss_type == "l1" and model.l_simple_weight == 4.0 and model.mask_loss_weight == 1.0
+    assert model.paste is False
+
+
+def test_loss_matches_a_hand_computation(model):
+    """Official default: 4·mean|M_t ⊙ (ε − ε̂_img)| + 1·mean|ε' − ε̂_mask| (loss_type l1)."""
+    m = model.eval()
+    x0, mask, t, eps, eps_m, c = _fixed_loss_inputs(m)
     with torch.no_grad():
         loss, logs = m.p_losses(x0, c, t, noise=eps, mask=mask, noise_mask=eps_m)
-        ab = m.alphas_cumprod[t].view(-1, 1, 1, 1)
-        alpha = torch.tensor([(650 - 200) / 800, 0.0]).view(-1, 1, 1, 1)
-        m_t = alpha * (1 - mask) + mask
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        mask_t = ab.sqrt() * (mask * x0) + (1 - ab).sqrt() * eps_m
-        eps_img = m.fine_image(m.model(x_t, t, c_crossattn=[c]), m_t)
-        eps_mask = m.fine_mask(m.model(mask_t, t, c_crossattn=[c]), mask)
+        m_t, eps_img, eps_mask = _hand_loss_pieces(m, x0, mask, t, eps, eps_m, c)
+        by_hand = 4.0 * (m_t * (eps - eps_img)).abs().mean() + 1.0 * (eps_m - eps_mask).abs().mean()
+    assert float(loss) == pytest.approx(float(by_hand), rel=1e-5)
+    assert float(logs["val/loss_simple"]) == pytest.approx(float((m_t * (eps - eps_img)).abs().mean()), rel=1e-5)
+    assert float(logs["val/loss_mask"]) == pytest.approx(float(F.l1_loss(eps_mask, eps_m)), rel=1e-5)
+
+
+def test_loss_type_l2_gives_the_former_squared_loss():
+    torch.manual_seed(0)
+    m = instantiate_from_config(stage_config(loss_type="l2")).eval()
+    assert m.loss_type == "l2"
+    x0, mask, t, eps, eps_m, c = _fixed_loss_inputs(m)
+    with torch.no_grad():
+        loss, logs = m.p_losses(x0, c, t, noise=eps, mask=mask, noise_mask=eps_m)
+        m_t, eps_img, eps_mask = _hand_loss_pieces(m, x0, mask, t, eps, eps_m, c)
         by_hand = 4.0 * ((m_t * (eps - eps_img)) ** 2).mean() + 1.0 * ((eps_m - eps_mask) ** 2).mean()
     assert float(loss) == pytest.approx(float(by_hand), rel=1e-5)
     assert float(logs["val/loss_mask"]) == pytest.approx(float(F.mse_loss(eps_mask, eps_m)), rel=1e-5)
 
 
-def test_generate_pastes_the_exact_background_and_runs_steps_unet_calls(model):
-    m = model.eval()
+def _generation_inputs():
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     masks = torch.zeros(2, 1, 32, 32)
     masks[:, :, 8:24, 8:20] = 1
+    return images, masks
+
+
+def _gen(m, images, masks, sampler=None, **kw):
+    sampler = m.make_sampler("stage", 10) if sampler is None else sampler
+    return m.generate(images, masks, ["Anomaly *"] * 2, [NAME] * 2, sampler, BatchRNG([0, 1]), **kw)
+
+
+def test_official_generation_returns_the_decoded_image_and_runs_steps_unet_calls(model):
+    m = model.eval()
+    images, masks = _generation_inputs()
     calls = []
     hook = m.model.diffusion_model.register_forward_hook(lambda *a: calls.append(1))
     try:
-        out = m.generate(images, masks, ["Anomaly *"] * 2, [NAME] * 2, m.make_sampler("stage", 10), BatchRNG([0, 1]))
+        out = _gen(m, images, masks)
     finally:
         hook.remove()
     assert len(calls) == 10
     assert out.shape == images.shape
-    assert torch.equal(out[masks.expand_as(out) == 0], images[masks.expand_as(images) == 0])
-    raw = m.generate(images, masks, ["Anomaly *"] * 2, [NAME] * 2, m.make_sampler("stage", 10), BatchRNG([0, 1]),
-                     guidance_kw={"paste": False})
-    assert torch.equal(raw * masks, out * masks)  # same run, only the paste differs
-    assert not torch.equal(raw * (1 - masks), out * (1 - masks))
+    # no paste: the background is the decoder's, not the normal image's pixels (and it is measurable)
+    outside = masks.expand_as(out) == 0
+    assert not torch.equal(out[outside], images[outside])
+    assert float((out[outside] - images[outside]).abs().mean()) > 0
+    # ... and it is exactly what the decoder gave: the same run with the paste off explicitly
+    assert torch.equal(_gen(m, images, masks, guidance_kw={"paste": False}), out)
     assert m.make_sampler("ddpm").official and m.make_sampler("stage", 50).nfe == 50
     logs = m.log_images(_batch(), N=2, ddim_steps=3)  # the image logger's few steps still fit the windows
     assert logs["samples"].shape == logs["inputs"].shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match="t_start"):
-        m.generate(images, masks, ["Anomaly *"] * 2, [NAME] * 2, m.make_sampler("stage", 10), BatchRNG([0, 1]),
-                   t_start=500)
+        _gen(m, images, masks, t_start=500)
     with pytest.raises(ValueError, match="sampler must be one of"):
         m.make_sampler("aias", 10)
     # the generation library passes FAST's guidance options to every model: accepted, no effect on STAGE
-    same = m.generate(images, masks, ["Anomaly *"] * 2, [NAME] * 2, m.make_sampler("stage", 10), BatchRNG([0, 1]),
-                      guidance_kw={"farm_mode": "input", "writeback": "window"})
-    assert torch.equal(same, out)
+    assert torch.equal(_gen(m, images, masks, guidance_kw={"farm_mode": "input", "writeback": "window"}), out)
     with pytest.raises(ValueError, match="unknown guidance_kw"):
-        m.generate(images, masks, ["Anomaly *"] * 2, [NAME] * 2, m.make_sampler("stage", 10), BatchRNG([0, 1]),
-                   guidance_kw={"pasted": False})
+        _gen(m, images, masks, guidance_kw={"pasted": False})
+
+
+def test_the_paste_option_restores_the_exact_background(model):
+    m = model.eval()
+    images, masks = _generation_inputs()
+    outside = masks.expand_as(images) == 0
+    raw = _gen(m, images, masks)
+    # three ways to ask for it: guidance_kw, the sampler option (what GenerationOptions.extra reaches),
+    # and the model config (paste: true, the former default)
+    by_kw = _gen(m, images, masks, guidance_kw={"paste": True})
+    by_sampler = _gen(m, images, masks, sampler=m.make_sampler("stage", 10, paste=True))
+    pasting = instantiate_from_config(stage_config(paste=True)).eval()
+    pasting.load_state_dict(m.state_dict())
+    by_config = _gen(pasting, images, masks)
+    for out in (by_kw, by_sampler, by_config):
+        assert torch.equal(out[outside], images[outside])  # bit-identical outside the mask
+        assert torch.equal(out * masks, raw * masks)         # same run, only the paste differs
+    # the explicit choice wins over the model's: the sampler's, then guidance_kw
+    assert torch.equal(_gen(pasting, images, masks, sampler=pasting.make_sampler("stage", 10, paste="off")), raw)
+    assert torch.equal(_gen(m, images, masks, sampler=m.make_sampler("stage", 10, paste=True),
+                            guidance_kw={"paste": False}), raw)
+    assert "paste=True" in repr(m.make_sampler("stage", 10, paste="true"))
+    with pytest.raises(ValueError, match="paste must be true or false"):
+        m.make_sampler("stage", 10, paste="sometimes")
 
 
 def test_artifacts_use_official_names_and_reload(model, tmp_path):

@@ -1,6 +1,6 @@
 """CutPaste (Li et al., CVPR 2021) as a pair synthesizer: patch and scar variants, plus a mask-shaped one.
 
-No official code exists (``method.md`` §14); the parameters below are the commonly used ones:
+No official code exists (``docs/method.md`` §5.2, "CutPaste"); the parameters below are the commonly used ones:
 
 * ``patch``: a rectangle of area U(2 %, 15 %) of the image with aspect ratio log-uniform in
   [0.3, 1/0.3] is cut at one random place, colour-jittered (brightness, contrast, saturation, hue

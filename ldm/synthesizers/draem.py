@@ -1,6 +1,6 @@
 """DRAEM's anomaly simulator (official-code variant) as a pair synthesizer.
 
-Recipe (VitjanZ/DRAEM ``data_loader.py``; see ``method.md`` §13.2):
+Recipe (VitjanZ/DRAEM ``data_loader.py``; see ``docs/method.md`` §5.1, "DRAEM"):
 
 * mask: from the given mask source -- by default DRAEM's own Perlin masks (``ldm.data.masks.PerlinMasks``);
 * texture A: a random anomaly-source image resized to the target size, then 3 *distinct* operations

@@ -1,5 +1,5 @@
-"""GroundingAnomaly on the LDM backbone (method.md §11; arXiv 2604.08301), as a ``LatentDiffusion``
-subclass plus the modules of :mod:`ldm.modules.grounding`.
+"""GroundingAnomaly on the LDM backbone (docs/method.md §4, "GroundingAnomaly"; arXiv 2604.08301), as a
+``LatentDiffusion`` subclass plus the modules of :mod:`ldm.modules.grounding`.
 
 - **SCM** (``self.scm``): semantic map of learned product / anomaly tokens → conv encoder (ConvNeXt-Tiny
   for the full-size model, a small conv net for tiny configs) → ``grid²`` conditioning tokens in the

@@ -1,4 +1,4 @@
-"""STAGE: LatentDiffusion with two mask-guidance adapters (method.md §10, official ``Chhro123/STAGE``).
+"""STAGE: LatentDiffusion with two mask-guidance adapters (docs/method.md §3, "STAGE"; official ``Chhro123/STAGE``).
 
 Training step (official ``p_losses``), with M the binary latent mask and t, ε, ε' drawn per sample::
 
@@ -7,15 +7,25 @@ Training step (official ``p_losses``), with M the binary latent mask and t, ε, 
     m_t    = q(M ⊙ x0, t, ε')                                      # anomaly-only branch input (ε' independent)
     ε̂_img  = MGA_image(UNet(x_t, t, c), M_t)
     ε̂_mask = MGA_mask(UNet(m_t, t, c), M)
-    loss   = λ_img·mean‖M_t ⊙ (ε − ε̂_img)‖² + λ_mask·mean‖ε' − ε̂_mask‖²   # λ_img = l_simple_weight = 4, λ_mask = 1
+    loss   = λ_img·mean|M_t ⊙ (ε − ε̂_img)| + λ_mask·mean|ε' − ε̂_mask|
+                                                   # λ_img = l_simple_weight = 4, λ_mask = mask_loss_weight = 1
 
-(each term also carries the CompVis ``logvar`` / ELBO bookkeeping, as in the official code; with the
-defaults ``logvar = 0`` and ``original_elbo_weight = 0`` the loss is exactly the line above; ``loss_type:
-l1`` takes absolute values instead of squares, the official fork's default.)
+The defaults are the official fork's: ``loss_type: l1`` (absolute values, as above) and
+``l_simple_weight: 4``. ``loss_type: l2`` squares both terms instead (the project's default before it
+followed the official code). Each term also carries the CompVis ``logvar`` / ELBO bookkeeping, as in the
+official code; with ``logvar = 0`` and ``original_elbo_weight = 0`` (the defaults) the loss is exactly
+the line above.
 
 Only the anomaly embeddings and both adapters train; UNet, autoencoder and text encoder are frozen.
-Sampling is the two-branch loop of :mod:`ldm.models.diffusion.samplers.stage` (official: 1000-step
-DDPM; accelerated: exact closed-form segments). Artifacts: ``embeddings_gs-{N}.pt``,
+Sampling is the two-branch loop of :mod:`ldm.models.diffusion.samplers.stage`: ``make_sampler("ddpm")``
+is the official loop (1000 ancestral DDPM steps, anomaly-only branch for 700 ≤ t ≤ 800 and 300 ≤ t ≤ 400);
+``make_sampler("stage", K)`` is the project's accelerated variant (K exact closed-form segments).
+
+Output: as the official code, ``generate`` returns the decoded image (``paste: false``): pixels outside
+the mask are the autoencoder's rendering of the sampled latent, not the normal image's pixels, and
+``pairs.csv`` reports their error (``background_error``). ``paste: true`` in the config, the sampler
+option ``make_sampler(..., paste=True)`` or ``guidance_kw={"paste": True}`` copies the normal image's
+pixels outside the mask exactly (the project's default before). Artifacts: ``embeddings_gs-{N}.pt``,
 ``fine_image-{N}.pt``, ``fine_mask-{N}.pt`` (the official file names, here plain state dicts).
 """
 from __future__ import annotations
@@ -26,7 +36,7 @@ from ldm.models.diffusion.adaptor import MGA, apply_adaptor, build_adaptor
 from ldm.models.diffusion.ddpm import LatentDiffusion
 from ldm.models.diffusion.latent_mask import latent_mask
 from ldm.models.diffusion.masked import MaskedLatentDiffusion
-from ldm.models.diffusion.samplers.stage import OFFICIAL_WINDOWS, STAGESampler, explicit_mask
+from ldm.models.diffusion.samplers.stage import OFFICIAL_WINDOWS, STAGESampler, explicit_mask, parse_paste
 from ldm.util import default
 from utils.errors import UserError
 
@@ -41,8 +51,9 @@ class STAGE(MaskedLatentDiffusion):
 
     def __init__(self, adaptor: str = "replace", adaptor_widths=(64, 256, 512, 256, 64),
                  mask_loss_weight: float = 1.0, mask_schedule: str = "linear", shrink_end: int = 200,
-                 windows=OFFICIAL_WINDOWS, paste: bool = True, *args, **kwargs):
+                 windows=OFFICIAL_WINDOWS, paste: bool = False, *args, **kwargs):
         kwargs.setdefault("l_simple_weight", 4.0)  # λ_img of the official fork
+        kwargs.setdefault("loss_type", "l1")       # the official fork's DDPM default (l2: squared errors)
         super().__init__(*args, **kwargs)
         if adaptor == "off":
             raise UserError("STAGE adaptor must be 'replace' (official) or 'residual'; "
@@ -56,7 +67,9 @@ class STAGE(MaskedLatentDiffusion):
         self.shrink_end = int(shrink_end)
         explicit_mask(torch.zeros(1, 1, 1, 1), 0, self.num_timesteps, self.shrink_end, mask_schedule)  # validate
         self.windows = tuple(tuple(int(v) for v in w) for w in windows)
-        self.paste = bool(paste)
+        self.paste = parse_paste(paste)
+        if self.paste is None:
+            raise UserError("STAGE paste must be true or false, got null")
         self.load_pending_checkpoint()
 
     # ------------------------------------------------------------------ model pieces
@@ -129,9 +142,10 @@ class STAGE(MaskedLatentDiffusion):
 
     # ------------------------------------------------------------------ generation
     def make_sampler(self, name: str = "stage", steps: int | None = None, **opts) -> STAGESampler:
-        """``stage`` (``steps`` = network calls; None = every timestep) or ``ddpm`` (the official
-        1000-step loop). ``opts`` go to :class:`STAGESampler`; the model's windows / mask schedule are
-        the defaults."""
+        """``ddpm`` (the official 1000-step loop) or ``stage`` (``steps`` = network calls, the accelerated
+        variant; None or T = every timestep, the official loop again). ``opts`` go to
+        :class:`STAGESampler` (e.g. ``grid``, ``kernel``, ``paste``); the model's windows / mask schedule
+        are the defaults. ``paste`` (None: the model's ``paste``) is what ``generate`` then does."""
         name = name.lower()
         if name not in STAGE_SAMPLERS:
             raise UserError(f"STAGE samples with its two-branch loop: sampler must be one of "
@@ -161,9 +175,10 @@ class STAGE(MaskedLatentDiffusion):
                  sampler, rng, guidance_kw: dict | None = None, t_start: int | None = None) -> torch.Tensor:
         """Normal images (B×3×H×W, [-1,1]) + masks (B×1×H×W, {0,1}) → synthetic anomalous images.
 
-        ``sampler`` comes from ``make_sampler``. ``guidance_kw`` may hold ``paste`` (default: the
-        model's ``paste``, on): copy the normal image's pixels outside the mask exactly. Official STAGE
-        does not paste. FAST's ``farm_mode`` / ``writeback`` are accepted and ignored.
+        ``sampler`` comes from ``make_sampler``. Paste -- copy the normal image's pixels outside the
+        mask exactly -- is decided by ``guidance_kw["paste"]``, else the sampler's ``paste``, else the
+        model's ``paste`` (default off: the official output, the decoded image as it is). FAST's
+        ``farm_mode`` / ``writeback`` are accepted and ignored.
         """
         from ldm.models.diffusion.samplers.guidance import paste
 
@@ -174,7 +189,11 @@ class STAGE(MaskedLatentDiffusion):
             raise UserError(f"t_start={t_start} but the sampler starts at {sampler.t_start}; "
                             "build the sampler with the same t_start")
         kw = dict(guidance_kw or {})
-        do_paste = bool(kw.pop("paste", self.paste))
+        do_paste = self.paste if sampler.paste is None else sampler.paste
+        if "paste" in kw:
+            do_paste = parse_paste(kw.pop("paste"))
+            if do_paste is None:
+                raise UserError("STAGE.generate: guidance_kw paste must be true or false, got None")
         unknown = sorted(set(kw) - set(FAST_ONLY_GUIDANCE))
         if unknown:
             raise UserError(f"STAGE.generate: unknown guidance_kw {unknown} (STAGE takes 'paste')")

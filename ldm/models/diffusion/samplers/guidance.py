@@ -1,10 +1,10 @@
 """Mask guidance shared by every sampler (mask = 1 is the anomaly region to generate).
 
 A sampler calls two hooks per step: ``denoiser_input`` builds what the network sees at t_s, and
-``after_step`` edits the new state at t_e. Official FAST (method.md §4.2) puts the FARM
-reconstruction, re-noised to t_s, into the masked part of the network input only, and writes the
-noised normal background back for 250 < t_e < 750. The paper (§4.1) instead replaces the masked
-state by FARM(x_te) and writes the background back after every segment.
+``after_step`` edits the new state at t_e (equations: docs/method.md §1.4, "Sampling with the mask").
+Official FAST puts the FARM reconstruction, re-noised to t_s, into the masked part of the network input
+only, and writes the noised normal background back for 250 < t_e < 750. The paper (its Eq. 6-8)
+instead replaces the masked state by FARM(x_te) and writes the background back after every segment.
 """
 from __future__ import annotations
 

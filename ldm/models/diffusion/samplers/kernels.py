@@ -64,7 +64,8 @@ def segment_coefficients(schedule: NoiseSchedule, t_s: int, t_e: int, kind: str 
     """(Pi, Sigma, V) for one aggregated AIAS jump t_s -> t_e with x0_hat held fixed.
 
     ``exact`` is the true multi-step posterior (= DDIM with eta = 1); ``paper`` is the printed
-    formula, which is wrong in Sigma and V (method.md §2.3) and only offered for reproduction.
+    formula, which is wrong in Sigma and V (docs/method.md §2.3, "Why the printed kernel is wrong")
+    and only offered for reproduction.
     """
     t_s, t_e = _check_jump(schedule, t_s, t_e)
     if kind == "exact":

@@ -1,4 +1,4 @@
-"""STAGE sampling (method.md §10): Graded Diffusion with Explicit Mask Alignment and Anomaly Inference.
+"""STAGE sampling (docs/method.md §3, "STAGE"): Graded Diffusion with Explicit Mask Alignment and Anomaly Inference.
 
 Two states share one network: the full latent ``x`` (anomaly-aware branch) and ``s``, an anomaly on an
 empty (zero) background (anomaly-only branch). Both start from the same x_T. With M the binary latent
@@ -42,6 +42,12 @@ coarse segments, each jumping with the exact closed-form posterior q(x_te | x_ts
   10 anomaly-only calls); K = 10 → 2 + 1 + 3 + 1 + 3 (2 anomaly-only calls).
 * ``grid="uniform"``: ``floor(linspace(T−1, −1, K+1))``; a segment runs the anomaly-only branch when
   its start t_s lies in a window, i.e. each window is rounded to the segments that start inside it.
+
+Which loop is which. ``steps=None`` (``--sampler ddpm``) is the official code's loop; ``steps=K``
+(``--sampler stage --steps K``, "STAGE-K") is this project's accelerated variant, not in the official
+code. ``paste`` is carried for :meth:`STAGE.generate` (a pixel-space choice, not used by the loop):
+None leaves it to the model (official: no paste), True / False override it per sampler, so the
+generation path can select it through the model's ``make_sampler`` options.
 
 The denoiser takes the branch and the adapter's mask::
 
@@ -100,6 +106,22 @@ def explicit_mask(mask: torch.Tensor, t, total: int = 1000, shrink_end: int = 20
         alpha = alpha.to(device=mask.device, dtype=mask.dtype).view(-1, *([1] * (mask.ndim - 1)))
     out = alpha * (1.0 - mask) + mask
     return (out > 0.5).to(mask.dtype) if kind == "cosine" else out
+
+
+def parse_paste(value) -> bool | None:
+    """``paste`` as given in a config or an options dict: None (the model decides), a bool, or one of
+    true/false/on/off/yes/no/1/0 (a string ``"false"`` must not turn the paste on)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "on", "yes", "1"):
+            return True
+        if word in ("false", "off", "no", "0"):
+            return False
+    raise UserError(f"STAGE paste must be true or false, got {value!r}")
 
 
 def in_windows(t: int, windows) -> bool:
@@ -187,8 +209,9 @@ class STAGESampler(Sampler):
     def __init__(self, schedule: NoiseSchedule, steps: int | None = None, windows=OFFICIAL_WINDOWS,
                  grid: str = "aligned", kernel: str = "exact", mask_schedule: str = "linear",
                  shrink_end: int = 200, mask_offset: int = 1, clean_final: bool = False,
-                 t_start: int | None = None, clip_x0: float | None = None):
+                 t_start: int | None = None, clip_x0: float | None = None, paste: bool | str | None = None):
         super().__init__(schedule, clip_x0=clip_x0)
+        self.paste = parse_paste(paste)
         T = schedule.num_timesteps
         self.windows = _check_windows(windows, T)
         self.mask_schedule = mask_schedule
@@ -220,8 +243,9 @@ class STAGESampler(Sampler):
 
     def __repr__(self) -> str:
         kind = "ddpm" if self.official else f"{self.grid}/{self.kernel}"
+        paste = "" if self.paste is None else f", paste={self.paste}"
         return (f"STAGESampler(nfe={self.nfe}, grid={kind}, windows={list(self.windows)}, "
-                f"mask_schedule='{self.mask_schedule}', t_start={self.t_start})")
+                f"mask_schedule='{self.mask_schedule}', t_start={self.t_start}{paste})")
 
     # --- schedule pieces ---------------------------------------------------------------------------
     def branch_at(self, t_s: int) -> str:
