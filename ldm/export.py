@@ -41,6 +41,7 @@ Formats:
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import math
@@ -438,9 +439,10 @@ def export_pairs(source, out, opt: ExportOptions, overwrite: bool = False,
     if len(missing_normals) > 3:
         log(f"[export] note: {len(missing_normals) - 3} more missing normal images")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders; the export gets the usual mode
@@ -465,8 +467,12 @@ def export_pairs(source, out, opt: ExportOptions, overwrite: bool = False,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            # a full disk: name --out (the temporary folder the write failed in is gone)
+            raise OSError(e.errno, os.strerror(e.errno), str(out)) from e
         raise
     return manifest
 

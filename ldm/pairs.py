@@ -12,7 +12,8 @@ Layout of ``<out>/<category>/<defect>/``::
 
 Why resumable and batch-size independent: pair n depends only on ``(seed, category, defect, n)``.
 Every file is written atomically (``utils.atomic``), so a killed run never leaves a truncated file
-under a final name, and the strip, written last, is the completion mark.
+under a final name, and the strip, written last, is the completion mark. A write that fails (a full
+disk) removes the files of its pair written so far.
 """
 from __future__ import annotations
 
@@ -115,11 +116,23 @@ class PairWriter:
         record = {"n": int(n), "image": f"image/{int(n)}.png", "mask": f"mask/{int(n)}.png",
                   "category": self.category, "defect": self.defect, **(meta or {})}
         record.update(pair_scores(image, m, original))
-        save_png_atomic(image, p["image"])
-        save_png_atomic(m.astype(np.uint8) * 255, p["mask"])
-        write_text_atomic(self.meta_path(n), json.dumps(_plain(record), sort_keys=True) + "\n")
-        mask_rgb = np.repeat(m[..., None].astype(np.uint8) * 255, 3, axis=2)
-        save_png_atomic(np.concatenate([image, mask_rgb, original], axis=1), p["image-mask-ori"])
+        mask_u8 = m.astype(np.uint8) * 255
+        strip = np.concatenate([image, np.repeat(mask_u8[..., None], 3, axis=2), original], axis=1)
+        files = [(p["image"], image), (p["mask"], mask_u8),
+                 (self.meta_path(n), json.dumps(_plain(record), sort_keys=True) + "\n"), (p["image-mask-ori"], strip)]
+        written = []
+        try:
+            for path, content in files:
+                if isinstance(content, str):
+                    write_text_atomic(path, content)
+                else:
+                    save_png_atomic(content, path)
+                written.append(path)
+        except BaseException:
+            # a failed write (a full disk) leaves no part of pair n behind: the folder holds whole pairs only
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
         return record
 
     def records(self, n_samples: int | None = None) -> list[dict]:

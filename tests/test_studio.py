@@ -20,37 +20,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from ldm.data.io import load_image_uint8
 from ldm.pairs import read_index
 from ldm.studio.core import (Studio, display_scale, editor_scale, find_runs, mask_from_layers, mask_layer,
                              prepare_upload)
-from tests.run_fixture import gen_args, make_dataset, make_run
+from tests.run_fixture import gen_args
+from tests.studio_fixtures import SIZE, free_port, make_world, normal_path
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZE = 32  # the fixture run's image size (latent 8×8: one latent cell is 4×4 px)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A dataset and two trained runs side by side: ``run`` (brick+scratch) and ``run-crack`` (brick+crack)."""
-    work = tmp_path_factory.mktemp("studio")
-    data = make_dataset(work / "texture-ad", defects=("scratch", "crack"))
-    ckdir = make_run(work, data, names=("brick+scratch", "brick+crack"))
-    crack = work / "run-crack"
-    shutil.copytree(work / "run", crack)
-    cfg_path = crack / "configs" / "now-project.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["data"]["params"]["train"]["params"]["defect"] = "crack"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    return work, data, ckdir
-
-
-def normal_path(data: Path) -> Path:
-    return sorted((data / "brick" / "train" / "good").iterdir())[0]
+    return make_world(tmp_path_factory.mktemp("studio"))
 
 
 # ------------------------------------------------------------------------------------------ core
@@ -244,12 +230,6 @@ def chromium_path() -> str:
             pytest.fail(f"the browser test must run in CI: {why}")
         pytest.skip(why)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()

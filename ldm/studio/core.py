@@ -13,6 +13,7 @@ import importlib
 import math
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -486,17 +487,21 @@ class Studio:
         info = self.info(batch.run_key)
         with self._lock:
             run = self.load(info)
-            s = batch.settings
-            opt = GenerationOptions(pt_path=str(info.pt_path), sample_name=info.category, anomaly_name=info.defect,
-                                    data_root=str(self.dataset_root(info)), outdir=str(self.out),
-                                    weight_idx=s["weight_idx"], sampler=s["sampler"], steps=s["steps"],
-                                    farm_mode=s["farm_mode"], mask_source="studio", seed=0)
-            split = run.anomaly_split
-            settings = pixel_settings(run, opt, split, info.layout, info.size)
-            # the studio varies the seed and the mask pair by pair: both are recorded per pair (meta/, pairs.csv)
-            settings.update(seed="per pair (meta/<n>.json)", mask_source="studio (per pair, meta/<n>.json)",
-                            mask_path=None)
-            writer = PairWriter(self.out, info.category, info.defect)
+        s = batch.settings
+        opt = GenerationOptions(pt_path=str(info.pt_path), sample_name=info.category, anomaly_name=info.defect,
+                                data_root=str(self.dataset_root(info)), outdir=str(self.out),
+                                weight_idx=s["weight_idx"], sampler=s["sampler"], steps=s["steps"],
+                                farm_mode=s["farm_mode"], mask_source="studio", seed=0)
+        split = run.anomaly_split
+        settings = pixel_settings(run, opt, split, info.layout, info.size)
+        # the studio varies the seed and the mask pair by pair: both are recorded per pair (meta/, pairs.csv)
+        settings.update(seed="per pair (meta/<n>.json)", mask_source="studio (per pair, meta/<n>.json)",
+                        mask_path=None)
+        writer = PairWriter(self.out, info.category, info.defect)
+        # numbers are taken and pairs.csv rewritten under one lock on the pairs folder, held by every keep of
+        # every session and of every studio process sharing --out: simultaneous keeps get distinct numbers
+        # and pairs.csv lists each kept pair once
+        with keep_lock(self.out):
             check_manifest(writer.root, settings)
             write_provenance(writer.root, provenance(run, opt, split, None))
             n = next_index(writer)
@@ -522,9 +527,39 @@ class Studio:
         if not self.out.is_dir():
             raise UserError(f"nothing to export: no pairs kept yet in {self.out}")
         target = Path(out) if out else self.out.parent / f"{self.out.name}-{fmt}"
-        overwrite = (target / MANIFEST).is_file()
-        manifest = export_pairs(self.out, target, ExportOptions(fmt=fmt), overwrite=overwrite, log=self.log)
+        with keep_lock(self.out):  # a snapshot between keeps (and one export at a time)
+            overwrite = (target / MANIFEST).is_file()
+            manifest = export_pairs(self.out, target, ExportOptions(fmt=fmt), overwrite=overwrite, log=self.log)
         return target, manifest
+
+
+_KEEP_LOCKS: dict = {}
+_KEEP_LOCKS_GUARD = threading.Lock()
+KEEP_LOCK = ".studio-keep.lock"  # hidden: pairs-folder readers (ldm.export) skip dot-names
+
+
+@contextmanager
+def keep_lock(out):
+    """Exclusive use of the pairs folder ``out`` while pairs are numbered and written: a lock per folder
+    shared by every thread of this process, plus ``flock`` on ``<out>/.studio-keep.lock`` for other
+    processes (another studio on the same ``--out``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = str(out.resolve())
+    with _KEEP_LOCKS_GUARD:
+        lock = _KEEP_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): one studio process per --out
+            yield
+            return
+        with open(out / KEEP_LOCK, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def next_index(writer) -> int:

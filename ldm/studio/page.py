@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_TELEMETRY_ENABLED", "False")
 
 STATUS_ID = "studio-status"
+CONCURRENCY = 4  # requests of one kind served at once (the model's own: 1)
 CSS = f"""
 #{STATUS_ID} {{ min-height: 2.4em; }}
 #{STATUS_ID} .studio-error {{ color: #b91c1c; font-weight: 600; }}
@@ -209,12 +210,16 @@ def build_page(studio: Studio, title: str = "FAST studio"):
         run.change(on_run, [run], [normal, editor, current, status])
         normal.change(on_normal, [run, normal], [editor, current, status])
         upload.upload(on_upload, [run, upload], [editor, current, status])
-        draw.click(on_draw, [run, current, source, mask_no], [editor, current, status])
+        # the queue (see launch): generating and drawing masks use the model, one request at a time for all
+        # sessions (a waiting request shows its queue position); one export at a time; keeps and the light
+        # handlers run side by side (Studio.keep numbers pairs under a lock on the pairs folder)
+        draw.click(on_draw, [run, current, source, mask_no], [editor, current, status], concurrency_id="model",
+                   concurrency_limit=1)
         clear.click(on_clear, [run, current], [editor, current, status])
         generate.click(on_generate, [run, current, editor, sampler, steps, seed, farm, n],
-                       [gallery, scores, keep_pick, batch_state, status])
+                       [gallery, scores, keep_pick, batch_state, status], concurrency_id="model", concurrency_limit=1)
         keep.click(on_keep, [batch_state, keep_pick], [status])
-        export.click(on_export, [fmt], [status])
+        export.click(on_export, [fmt], [status], concurrency_limit=1)
         if first:
             page.load(on_run, [run], [normal, editor, current, status])
     page.studio_theme, page.studio_css = theme, CSS
@@ -268,7 +273,7 @@ def _rel(p: Path, root: Path) -> str:
 def launch(studio: Studio, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
     """Serve the page; returns (app, local_url) when ``block`` is False."""
     page = build_page(studio)
-    page.queue(default_concurrency_limit=1)
+    page.queue(default_concurrency_limit=CONCURRENCY)  # per event; generate/draw/export set their own (1)
     app, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, share=False,
                               inbrowser=False, show_error=False, quiet=False, theme=page.studio_theme,
                               css=page.studio_css, footer_links=[],
