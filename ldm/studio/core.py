@@ -80,7 +80,7 @@ def inspect_run(run_dir: Path) -> RunInfo:
     """A run folder → ``RunInfo``; ``UserError`` saying why it is not a usable trained run."""
     from omegaconf import OmegaConf
 
-    from ldm.generation import find_run_config
+    from utils.run_folder import find_run_config
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
