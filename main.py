@@ -19,51 +19,18 @@ import os
 import sys
 from pathlib import Path
 
-from utils.acceleration import Acceleration, add_cli_flags
-from utils.cli import ArgumentParser  # noqa: E402
-from utils.errors import UserError  # noqa: E402
-
-
-def str2bool(v):
-    if isinstance(v, bool):
-        return v
-    if v.lower() in ("yes", "true", "t", "y", "1"):
-        return True
-    if v.lower() in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"boolean value expected, got '{v}'")
+from utils.acceleration import Acceleration
+from utils.cli import ArgumentParser
+from utils.errors import UserError
 
 
 def get_parser() -> argparse.ArgumentParser:
+    """One flag per field of ``ldm.trainer.options.TrainOptions``."""
+    from ldm.trainer.options import TrainOptions
+    from utils.options import add_options
+
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-n", "--name", default="", help="postfix of the log directory name")
-    p.add_argument("-r", "--resume", default="", help="resume from a log directory or a checkpoint in it")
-    p.add_argument("-b", "--base", nargs="*", metavar="config.yaml", default=[],
-                   help="YAML configs, merged left to right; key=value arguments override them")
-    p.add_argument("-t", "--train", type=str2bool, nargs="?", const=True, default=False, help="train")
-    p.add_argument("--no-test", type=str2bool, nargs="?", const=True, default=False, help="skip testing")
-    p.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything")
-    p.add_argument("-f", "--postfix", default="", help="postfix for the default log directory name")
-    p.add_argument("-l", "--logdir", default="logs", help="directory for logging")
-    p.add_argument("-lf", "--log_folder", default=None,
-                   help="fixed run folder: the run is logged in <logdir>/<log_folder>")
-    p.add_argument("--scale_lr", type=str2bool, nargs="?", const=True, default=True,
-                   help="lr = accumulate_grad_batches × n_devices × batch_size × base_learning_rate")
-    p.add_argument("--actual_resume", default=None,
-                   help="pretrained LDM checkpoint, loaded non-strictly (a missing/unexpected summary is printed)")
-    p.add_argument("--init_word", default=None, help="word (one wordpiece) initialising the anomaly embeddings")
-    p.add_argument("--mvtec_path", default=None,
-                   help="dataset root, or the official form <root>/<category>/ground_truth/<defect>/")
-    p.add_argument("--category", default=None, help="category (overrides the config)")
-    p.add_argument("--defect", default=None, help="defect type (overrides the config)")
-    p.add_argument("--embedding_manager_ckpt", default="", help="initialise embeddings from this embeddings.pt")
-    p.add_argument("--placeholder_string", default=None, help="placeholder token in captions (default '*')")
-    p.add_argument("--gpus", default=None,
-                   help="device indices: '0', '0,', '0,1'; -1 = all GPUs; absent/none = CPU")
-    p.add_argument("--max_steps", type=int, default=None, help="shortcut for lightning.trainer.max_steps")
-    add_cli_flags(p, training=True)
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (0: torch's default, one per core)")
+    add_options(p, TrainOptions)
     return p
 
 
@@ -214,8 +181,11 @@ def run(argv: list[str] | None = None):
     """Parse ``argv``, build everything, train/test; returns ``(trainer, model)``."""
     from datetime import datetime
 
-    parser = get_parser()
-    opt, unknown = parser.parse_known_args(argv)
+    from ldm.trainer.options import TrainOptions
+    from utils.options import options_from_args
+
+    args, unknown = get_parser().parse_known_args(argv)
+    opt = options_from_args(TrainOptions, args)
     overrides = split_overrides(unknown)
     if opt.name and opt.resume:
         raise UserError("-n/--name cannot be given with -r/--resume")

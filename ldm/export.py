@@ -40,6 +40,7 @@ Formats:
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import errno
 import hashlib
@@ -56,19 +57,19 @@ import numpy as np
 from PIL import Image
 
 from ldm.data.io import image_size, list_image_files, load_image_uint8, load_mask, natural_key, read_pil
+from ldm.pairs import INDEX, SCORE_COLUMNS, SETTINGS_FILE, find_pairs_folders, parse_int, read_index, read_pairs_folder
+from utils.cli import ArgumentParser, run_cli
 from utils.errors import InputNotFound, UserError
 
 FORMATS = ("mvtec", "mmseg", "hf")
-PAIRS_CSV = "pairs.csv"
-SYNTHESIS_JSON = "synthesis.json"
-MANIFEST = "export_manifest.json"
-INDEX_CSV = "index.csv"
+EXPORT_MANIFEST = "export_manifest.json"   # source, format, filter, counts, split sizes of one export
+EXPORT_INDEX = "index.csv"                 # one row per written sample: where it came from
 CLASSES = ("background", "anomaly")
 PALETTE = ((0, 0, 0), (255, 0, 0))
-FLOAT_COLUMNS = ("score", "saliency", "background_error", "mask_area")
 
 
 # ----------------------------------------------------------------------------- reading pairs folders
+# (the folders and their complete pairs come from ldm.pairs, the one reader of the layout)
 
 @dataclass
 class Pair:
@@ -80,7 +81,7 @@ class Pair:
     normal_image: str = ""  # absolute path of the source normal image, "" when unknown
     mask_origin: str = ""
     seed: int = -1
-    values: dict = field(default_factory=dict)  # FLOAT_COLUMNS -> float (NaN when unknown)
+    values: dict = field(default_factory=dict)  # SCORE_COLUMNS -> float (NaN when unknown)
 
     @property
     def score(self) -> float:
@@ -93,13 +94,15 @@ class Pair:
 
 
 @dataclass
-class PairFolder:
+class ExportFolder:
+    """A pairs folder as the export sees it: its complete pairs with their source and scores."""
+
     path: Path
     category: str
     defect: str
     pairs: list
     has_csv: bool
-    incomplete: int = 0  # pairs on disk without mask or strip (an interrupted run)
+    incomplete: int = 0  # pairs on disk without their strip (an interrupted run)
 
     @property
     def key(self) -> str:
@@ -109,69 +112,12 @@ class PairFolder:
         return any(not math.isnan(p.score) for p in self.pairs)
 
 
-def _is_pairs_dir(d: Path) -> bool:
-    return (d / "image").is_dir() and (d / "mask").is_dir()
-
-
-def _children(d: Path) -> list:
-    dirs = (c for c in d.iterdir() if c.is_dir() and not c.name.startswith("."))
-    return sorted(dirs, key=lambda c: natural_key(c.name))
-
-
-def find_pair_folders(source) -> list:
-    """``[(path, category, defect)]`` for a root, a category folder or one category/defect folder."""
-    source = Path(source)
-    if not source.is_dir():
-        raise InputNotFound(f"pairs folder not found: {source}")
-    source = source.resolve()
-    if _is_pairs_dir(source):
-        return [(source, source.parent.name, source.name)]
-    found = [(d, source.name, d.name) for d in _children(source) if _is_pairs_dir(d)]
-    if found:
-        return found
-    for cat in _children(source):
-        found += [(d, cat.name, d.name) for d in _children(cat) if _is_pairs_dir(d)]
-    if not found:
-        raise UserError(f"no pairs folders (<category>/<defect>/{{image,mask}}/) found under {source}")
-    return found
-
-
-def _float(text) -> float:
+def _float(value) -> float:
     try:
-        v = float(str(text).strip())
+        v = float(str(value).strip())
     except ValueError:
         return math.nan
     return v
-
-
-def _int(text, default: int = -1) -> int:
-    t = str(text).strip()
-    try:
-        return int(t)  # exact for 63-bit per-pair seeds, which a float would round
-    except ValueError:
-        pass
-    try:
-        return int(float(t))
-    except (ValueError, OverflowError):
-        return default
-
-
-def _read_pairs_csv(path: Path) -> dict:
-    """``{n: row}``; a row without a readable ``n`` is an error naming the file."""
-    rows = {}
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or "n" not in reader.fieldnames:
-                raise UserError(f"{path}: no 'n' column (expected n,image,mask,normal_image,...)")
-            for i, row in enumerate(reader, start=2):
-                n = _int(row.get("n"), default=None)
-                if n is None:
-                    raise UserError(f"{path}, line {i}: n={row.get('n')!r} is not an integer")
-                rows[n] = row
-    except (OSError, csv.Error, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    return rows
 
 
 def _meta_row(folder: Path, n: int) -> Optional[dict]:
@@ -190,35 +136,29 @@ def _meta_row(folder: Path, n: int) -> Optional[dict]:
 
 
 def _synthesis_seed(folder: Path) -> int:
-    path = folder / SYNTHESIS_JSON
+    path = folder / SETTINGS_FILE
     if not path.is_file():
         return -1
     try:
-        return _int(json.loads(path.read_text()).get("seed", -1))
+        return parse_int(json.loads(path.read_text()).get("seed", -1), default=-1)
     except (ValueError, AttributeError, OSError):
         return -1
 
 
-def read_pair_folder(path: Path, category: str, defect: str) -> PairFolder:
-    """Complete pairs of one folder (image and mask present, and the strip when the folder has strips)."""
+def read_pair_folder(path: Path, category: str, defect: str) -> ExportFolder:
+    """Complete pairs of one folder (``ldm.pairs.read_pairs_folder``) with their ``pairs.csv`` row, else
+    their ``meta/<n>.json``: source normal image, mask origin, seed and scores."""
     path = Path(path)
-    csv_rows = _read_pairs_csv(path / PAIRS_CSV) if (path / PAIRS_CSV).is_file() else None
+    folder = read_pairs_folder(path, category, defect)
+    csv_rows = {r["n"]: r for r in read_index(path)} if (path / INDEX).is_file() else None
     default_seed = _synthesis_seed(path)
-    strips = path / "image-mask-ori"
-    pairs, incomplete, has_meta = [], 0, False
-    for img in list_image_files(path / "image"):
-        if not img.stem.isdigit():
-            continue
-        n = int(img.stem)
-        mask = path / "mask" / img.name
-        if not mask.is_file() or (strips.is_dir() and not (strips / img.name).is_file()):
-            incomplete += 1
-            continue
-        p = Pair(category, defect, n, img, mask, seed=default_seed,
-                 values={k: math.nan for k in FLOAT_COLUMNS})
-        row = csv_rows.get(n) if csv_rows else None
+    pairs, has_meta = [], False
+    for f in folder.pairs:
+        p = Pair(category, defect, f.n, f.image, f.mask, seed=default_seed,
+                 values={k: math.nan for k in SCORE_COLUMNS})
+        row = csv_rows.get(f.n) if csv_rows else None
         if row is None:
-            row = _meta_row(path, n)
+            row = _meta_row(path, f.n)
             has_meta = has_meta or row is not None
         if row:
             normal = (row.get("normal_image") or "").strip()
@@ -226,15 +166,17 @@ def read_pair_folder(path: Path, category: str, defect: str) -> PairFolder:
                 normal = str((path / normal).resolve())  # a relative path is read from the folder
             p.normal_image = str(Path(normal).expanduser()) if normal else ""
             p.mask_origin = (row.get("mask_origin") or "").strip()
-            p.seed = _int(row.get("seed", ""), default=default_seed)
-            p.values = {k: _float(row.get(k, "")) for k in FLOAT_COLUMNS}
+            seed = row.get("seed")
+            p.seed = default_seed if seed is None else parse_int(seed, default=default_seed)
+            p.values = {k: _float(row.get(k, "")) for k in SCORE_COLUMNS}
         pairs.append(p)
-    return PairFolder(path, category, defect, pairs, has_csv=csv_rows is not None or has_meta, incomplete=incomplete)
+    return ExportFolder(path, category, defect, pairs, has_csv=csv_rows is not None or has_meta,
+                        incomplete=folder.incomplete)
 
 
 # ----------------------------------------------------------------------------- filtering and splitting
 
-def filter_pairs(folder: PairFolder, min_score: Optional[float], keep_top: Optional[int]) -> tuple:
+def filter_pairs(folder: ExportFolder, min_score: Optional[float], keep_top: Optional[int]) -> tuple:
     """``(kept, dropped_min_score, dropped_keep_top)`` for one category/defect folder."""
     if min_score is None and keep_top is None:
         return list(folder.pairs), 0, 0
@@ -244,7 +186,7 @@ def filter_pairs(folder: PairFolder, min_score: Optional[float], keep_top: Optio
         raise UserError(f"{flag} needs quality scores, but {folder.path} has {why}")
     missing = sum(math.isnan(p.score) for p in folder.pairs)
     if missing:
-        raise UserError(f"{flag}: {missing} pairs of {folder.path} have no score in {PAIRS_CSV}")
+        raise UserError(f"{flag}: {missing} pairs of {folder.path} have no score in {INDEX}")
     kept = list(folder.pairs)
     dropped_min = dropped_top = 0
     if min_score is not None:
@@ -384,7 +326,9 @@ def export_pairs(source, out, opt: ExportOptions, overwrite: bool = False,
     """Export ``source`` to ``out`` in ``opt.fmt``; returns the manifest (also written to ``out``)."""
     _validate(opt)
     source, out = Path(source), Path(out)
-    found = find_pair_folders(source)
+    found = [(path.resolve(), category, defect) for path, category, defect in find_pairs_folders(source)]
+    if not found:
+        raise UserError(f"no pairs folders (<category>/<defect>/{{image,mask}}/) found under {source.resolve()}")
     if opt.categories:
         found = [f for f in found if f[1] in set(opt.categories)]
     if opt.defects:
@@ -435,7 +379,7 @@ def export_pairs(source, out, opt: ExportOptions, overwrite: bool = False,
     if not kept:
         raise UserError(f"nothing to export from {source}: no complete pairs left after filtering")
     for p in missing_normals[:3]:
-        log(f"[export] note: normal image named in {PAIRS_CSV} not found, not exported: {p}")
+        log(f"[export] note: normal image named in {INDEX} not found, not exported: {p}")
     if len(missing_normals) > 3:
         log(f"[export] note: {len(missing_normals) - 3} more missing normal images")
 
@@ -448,7 +392,7 @@ def export_pairs(source, out, opt: ExportOptions, overwrite: bool = False,
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders; the export gets the usual mode
         writer = {"mvtec": _export_mvtec, "mmseg": _export_mmseg, "hf": _export_hf}[opt.fmt]
         rows, splits = writer(tmp, kept, normals, side, opt, out)
-        _write_index(tmp / INDEX_CSV, rows)
+        _write_index(tmp / EXPORT_INDEX, rows)
         n_normals = sum(len(v) for v in normals.values()) if opt.fmt == "mvtec" or opt.include_normals else 0
         manifest = {
             "source": str(source.resolve()),
@@ -465,7 +409,7 @@ def export_pairs(source, out, opt: ExportOptions, overwrite: bool = False,
             "splits": splits,
             "folders": per_folder,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         _move_into_place(tmp, out)
     except BaseException as e:
         if tmp is not None:
@@ -662,15 +606,78 @@ def _export_hf(tmp: Path, kept, normals, side, opt, out) -> tuple:
                     "mask_origin": p.mask_origin}
             rows.append(_pair_row(split, f"{split}/{img_rel}", f"{split}/{mask_rel}", p))
         else:
-            values = {k: math.nan for k in FLOAT_COLUMNS}
+            values = {k: math.nan for k in SCORE_COLUMNS}
             values["mask_area"] = 0.0
             meta = {"file_name": img_rel, "mask_file_name": mask_rel, "category": s[4], "defect": "good",
                     "is_anomaly": False, "n": -1, "seed": -1, "normal_image": str(s[3]), "mask_origin": ""}
             rows.append(_normal_row(split, f"{split}/{img_rel}", f"{split}/{mask_rel}", s[4], s[3]))
         # NaN stays NaN: json writes it as NaN, which pyarrow's reader (datasets) reads as a double
-        meta.update({k: float(values[k]) for k in FLOAT_COLUMNS})
+        meta.update({k: float(values[k]) for k in SCORE_COLUMNS})
         lines[split].append(json.dumps(meta, sort_keys=False))
     for split, ls in lines.items():
         if ls:
             (tmp / split / "metadata.jsonl").write_text("\n".join(ls) + "\n")
     return rows, _split_counts(samples, HF_SPLITS)
+
+
+# ----------------------------------------------------------------------------- export_pairs.py
+
+CLI_HELP = """Export generated image–mask pairs to the MVTec/anomalib, MMSegmentation 1.x or HF imagefolder layout.
+
+    python scripts/export_pairs.py --pairs generated/fast --format mvtec --out exports/mvtec
+    python scripts/export_pairs.py --pairs generated/fast/hazelnut/crack --format mmseg --out exports/mmseg \
+        --val_fraction 0.2 --seed 0 --min_score 0.05 --keep_top 300
+    python scripts/export_pairs.py --pairs generated/fast --format hf --out exports/hf
+
+``--pairs`` is a pairs root (``<category>/<defect>/{image,mask,image-mask-ori}/``), one category folder
+or one category/defect folder.  The train/validation split is by source normal image (from
+``pairs.csv``; without it each pair is its own source), seeded; ``--min_score``/``--keep_top`` use
+``pairs.csv``'s ``score`` column.  The export is built in a temporary sibling folder and renamed into
+place, and a non-empty ``--out`` is refused without ``--overwrite``.  See ``ldm/export.py``.
+"""
+
+
+def _names(text):
+    return [s for s in text.split(",") if s] if text else None
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(description=CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", required=True, help="pairs folder: root, <category> or <category>/<defect>")
+    p.add_argument("--format", required=True, choices=FORMATS, help="output layout")
+    p.add_argument("--out", required=True, help="output folder (refused when non-empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out (only once the export is complete)")
+    p.add_argument("--val_fraction", type=float, default=0.2,
+                   help="fraction of source normal images (per category) held out: val (mmseg), validation (hf), "
+                        "test/good (mvtec); 0 = none (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument("--min_score", type=float, default=None, help="keep pairs whose pairs.csv score is >= this")
+    p.add_argument("--keep_top", type=int, default=None, help="keep the N best-scoring pairs per category/defect")
+    p.add_argument("--normal_dir", default=None,
+                   help="more normal images: <dir>/<category>/train/good/, <dir>/<category>/, "
+                        "or <dir>/ itself for one category")
+    p.add_argument("--no_normals", action="store_true",
+                   help="mmseg/hf: leave normal images (all-zero masks) out; mvtec always has train/good")
+    p.add_argument("--categories", default=None, help="comma-separated categories to export (default: all)")
+    p.add_argument("--defects", default=None, help="comma-separated defect types to export (default: all)")
+    return p
+
+
+def main(argv=None) -> int:
+    """``export_pairs.py``: parse the flags, :func:`export_pairs`, print the counts and the splits."""
+    a = get_parser().parse_args(argv)
+    opt = ExportOptions(fmt=a.format, val_fraction=a.val_fraction, seed=a.seed, min_score=a.min_score,
+                        keep_top=a.keep_top, normal_dir=Path(a.normal_dir) if a.normal_dir else None,
+                        include_normals=not a.no_normals, categories=_names(a.categories), defects=_names(a.defects))
+    manifest = export_pairs(a.pairs, a.out, opt, overwrite=a.overwrite)
+    c = manifest["counts"]
+    print(f"[export] {a.format}: {c['kept']} pairs kept, {c['dropped']} dropped, "
+          f"{c['normal_images']} normal images -> {a.out}")
+    print(f"[export] splits: {json.dumps(manifest['splits'], sort_keys=True)}")
+    return 0
+
+
+def cli(argv=None) -> int:
+    """``scripts/export_pairs.py``: user errors print one line and return 2; bugs keep their traceback."""
+    return run_cli("export_pairs.py", lambda: main(argv))

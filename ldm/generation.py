@@ -15,68 +15,164 @@ through here, so the checks below hold for every entry point:
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ldm.data.mask_source import MASK_SOURCES, mask_source
+from ldm.models.diffusion.sampler_registry import ONE_BRANCH_SAMPLERS, SAMPLERS
+from utils.acceleration import compile_option, precision_option
 from utils.errors import InputNotFound, UserError
+from utils.options import fields_with, option
 from utils.run_folder import find_run_config
 
 DEFAULT_NAME_TEMPLATE = "{category}+{defect}"
 
 
 # ---------------------------------------------------------------------------------------------- options
+def parse_batch_size(value: str):
+    """``--batch_size``: a number >= 1 or ``auto``."""
+    if value == "auto":
+        return value
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected a number >= 1 or auto, got {value!r}")
+
+
+NOT_RECORDED = object()  # a ``record`` value that leaves the option out of the synthesis record
+
+
+@dataclass
+class RecordContext:
+    """What the synthesis record of a pixel option may depend on besides the options themselves."""
+
+    run: "TrainedRun"
+    split: str          # the mask split used (``--mask_split`` or the run's)
+    layout: str         # the dataset layout used (``--layout`` or the run's)
+    size: int           # the model's image size
+    sampler: Any        # the sampler built for these options (None: not built yet)
+
+
+def _resolved(path) -> Optional[str]:
+    return None if path is None else str(Path(path).resolve())
+
+
+def _fingerprint(path) -> str:
+    from ldm.pairs import file_fingerprint
+
+    return file_fingerprint(path)
+
+
 @dataclass
 class GenerationOptions:
-    """Everything ``generate_pairs`` needs; the CLI flags of ``generate_with_mask.py`` map 1:1."""
+    """Everything ``generate_pairs`` needs, one field per option (``utils.options.option``): the
+    ``generate_with_mask.py`` flags (``cli``), the settings of the synthesis record and rerun check
+    (``pixel``; ``record(opt, at: RecordContext)`` is the recorded value when it is not the option's own)
+    and the studio's controls (``studio``: label, default, choices, order, ...; ``ldm.studio.core``)."""
 
-    pt_path: str
-    sample_name: str
-    anomaly_name: str
-    data_root: str
-    outdir: str = "."
-    weight_idx: Optional[int] = None
-    mask_path: Optional[str] = None
-    mask_source: str = "real"               # real, augmented, perlin or generated (a mask-TI run)
-    mask_split: Optional[str] = None        # None: the split the run was trained with
-    mask_model: Optional[str] = None        # --mask_source generated: the mask run's checkpoints/ folder
-    mask_weight_idx: Optional[int] = None
-    mask_steps: int = 50
-    layout: Optional[str] = None            # None: the run's layout
-    init_word: Optional[str] = None
-    config: Optional[str] = None            # None: the run's saved config
-    ckpt: Optional[str] = None              # None: the backbone the run was trained from
-    sampler: str = "aias"
-    steps: int = 50
-    kernel: str = "exact"
-    refine_steps: int = 2
-    eta: float = 1.0
-    farm_mode: str = "input"
-    writeback: str = "window"
-    t_start: Optional[int] = None
-    ndi: bool = True                        # off: an NDI model (GroundingAnomaly) starts from pure noise
-    prompt: str = "Anomaly *"
-    foreground: str = "auto"                # keep masks on the object: auto (object categories), on, off
-    fg_dir: Optional[str] = None            # a foreground mask per normal image (default: Otsu)
-    fg_min_share: float = 0.9
-    native: bool = False                    # full-size images; the model works in a window around the mask
-    native_margin: float = 0.5
-    pairs_csv: Optional[str] = None         # explicit (normal image, mask[, defect]) rows
-    n_samples: int = 500
-    batch_size: Any = "auto"                # pairs per network batch, or "auto" (see resolve_batch_size)
-    seed: int = 0
-    device: Optional[str] = None
-    precision: str = "fp32"                 # fp32 or bf16 (utils.acceleration: networks only, paste in fp32)
-    compile: bool = False                   # torch.compile the UNet and FARM (CUDA graphs on a GPU)
-    progress: bool = True
-    rank: int = 0
-    world_size: int = 1
-    extra: dict = field(default_factory=dict)  # model-specific sampler options (e.g. STAGE windows)
+    data_root: str = option(help="folder of normal images, or a dataset root (then <root>/<sample_name>/train/good)",
+                            pixel=True, record=lambda opt, at: _resolved(opt.data_root))
+    sample_name: str = option(help="category (output folder level 1)")
+    anomaly_name: str = option(help="defect type (output folder level 2)")
+    pt_path: str = option(help="the run's checkpoints/ folder (embeddings_gs-N, FARM-N, fine-N)",
+                          pixel=True, record=lambda opt, at: _resolved(at.run.pt_path))
+    weight_idx: Optional[int] = option(None, parse=int, pixel=True, record=lambda opt, at: at.run.step,
+                                       help="N of the artifacts to use (default: the latest); a wrong N lists the "
+                                            "available ones")
+    mask_path: Optional[str] = option(None, pixel=True, record=lambda opt, at: _resolved(opt.mask_path),
+                                      help="masks of the defect type: <root>/<category>/ground_truth/<defect>/ (the "
+                                           "generator side of the run's split is used) or any folder of masks (all "
+                                           "of them)")
+    mask_split: Optional[str] = option(None, choices=("third", "all", "anomalydiffusion"), pixel=True,
+                                       record=lambda opt, at: at.split,
+                                       help="split whose generator side gives the masks (default: the one the run "
+                                            "was trained with)")
+    init_word: Optional[str] = option(None, pixel=True, help="init word of the embeddings (only builds the manager)")
+    config: Optional[str] = option(None, pixel=True, record=lambda opt, at: _resolved(at.run.config_path),
+                                   help="model config (default: the run's saved *-project.yaml)")
+    ckpt: Optional[str] = option(None, pixel=True, record=lambda opt, at: _resolved(at.run.ckpt),
+                                 help="backbone checkpoint (default: the one the run was trained from, "
+                                      "model.params.ckpt_path)")
+    outdir: str = option(".", help="output root")
+    sampler: str = option("aias", choices=SAMPLERS, pixel=True, help="the sampling loop",
+                          studio=dict(order=1, label="sampler", choices=ONE_BRANCH_SAMPLERS))
+    steps: int = option(50, parse=int, pixel=True,
+                        help="network calls (aias: segments + refinement steps; ddim/plms: steps; ddpm: ignored)",
+                        studio=dict(order=2, label="steps (network calls)", default=10, minimum=1))
+    kernel: str = option("exact", choices=("exact", "paper"), pixel=True, help="AIAS segment kernel")
+    refine_steps: int = option(2, parse=int, pixel=True, help="AIAS plain DDPM steps at the end")
+    eta: float = option(1.0, parse=float, pixel=True, help="DDIM eta (1.0 = posterior sampling, like AIAS)")
+    farm_mode: str = option("input", choices=("input", "state", "off"), pixel=True,
+                            help="FARM re-injection: input (official: changes the UNet input at t_s), state (paper: "
+                                 "replaces the masked state at t_e), off",
+                            studio=dict(order=4, name="farm", label="FARM (foreground-aware reconstruction)",
+                                        toggle=("input", "off")))
+    writeback: str = option("window", choices=("window", "every", "off"), pixel=True,
+                            help="background write-back: window = only for 250 < t_e < 750 (official), every step, "
+                                 "off")
+    t_start: Optional[int] = option(None, parse=int, pixel=True,
+                                    record=lambda opt, at: getattr(at.sampler, "t_start", opt.t_start),  # NDI default
+                                    help="start from the normal latent noised to this 0-based step (SDEdit/NDI); "
+                                         "every sampler then makes its first network call at t_start")
+    mask_source: str = option("real", choices=MASK_SOURCES, pixel=True,
+                              help="generated: masks sampled from a mask model (--mask_model, GroundingAnomaly's "
+                                   "mask TI)")
+    # the mask model's step and sampling steps are recorded inside mask_model's identity
+    mask_model: Optional[str] = option(None, pixel=True, record=lambda opt, at: _mask_model_identity(opt),
+                                       help="mask run's checkpoints/ folder (--mask_source generated)")
+    mask_weight_idx: Optional[int] = option(None, parse=int, help="N of mask_ti-N.pt (default: the latest)")
+    mask_steps: int = option(50, parse=int, help="sampling steps of the mask model")
+    ndi: bool = option(True, pixel=True, record=lambda opt, at: opt.ndi if has_ndi(at.run.model) else None,
+                       help="GroundingAnomaly's NDI: on = start from the normal image noised to the model's t_start, "
+                            "off = from pure noise (the w/o-NDI ablation; not with --t_start)")
+    layout: Optional[str] = option(None, pixel=True, record=lambda opt, at: at.layout,
+                                   help="dataset layout of --data_root / --mask_path (default: the run's)")
+    prompt: str = option("Anomaly *", pixel=True, help="caption; '*' is replaced by the learned embeddings")
+    foreground: str = option("auto", choices=("auto", "on", "off"), pixel=True,
+                             record=lambda opt, at: use_foreground(opt, at.layout),
+                             help="keep masks on the object (moved or redrawn otherwise); auto: object categories "
+                                  "only")
+    fg_dir: Optional[str] = option(None, pixel=True, record=lambda opt, at: _resolved(opt.fg_dir),
+                                   help="a foreground mask per normal image (same file name); default Otsu")
+    fg_min_share: float = option(0.9, parse=float, pixel=True,
+                                 record=lambda opt, at: opt.fg_min_share if use_foreground(opt, at.layout) else None,
+                                 help="share of a mask that must lie on the object")
+    native: bool = option(False, pixel=True,
+                          help="keep normal images at their own size (any, non-square): generate in a window around "
+                               "the mask at the model's size and paste it back; pixels outside the mask stay "
+                               "bit-identical")
+    native_margin: float = option(0.5, parse=float, pixel=True,
+                                  record=lambda opt, at: opt.native_margin if opt.native else None,
+                                  help="window = mask box × (1 + margin), at least the model size")
+    pairs_csv: Optional[str] = option(None, pixel=True,
+                                      record=lambda opt, at: _fingerprint(opt.pairs_csv) if opt.pairs_csv else None,
+                                      help="CSV with columns normal_image, mask[, defect]: which mask goes on which "
+                                           "image")
+    n_samples: int = option(500, parse=int, help="pairs to write (pair indices 0 .. n_samples-1)",
+                            studio=dict(order=5, name="n", label="pairs per batch", what="batch size", default=4,
+                                        range=(1, 16)))
+    batch_size: Any = option("auto", parse=parse_batch_size,
+                             help="pairs per network batch, or auto (default): 8 on the CPU; on a GPU the largest "
+                                  "power of two up to 64 that fits in memory (pairs do not depend on it)")
+    seed: int = option(0, parse=int, pixel=True, help="seed of the noise and of the image/mask pairing",
+                       studio=dict(order=3, label="seed", minimum=0))
+    device: Optional[str] = option(None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    # bf16 changes pixels beyond float rounding (tests/test_acceleration.py); fp32 folders keep the record
+    # they had before the option existed
+    precision: str = precision_option(pixel=True,
+                                      record=lambda opt, at: opt.precision if opt.precision != "fp32" else NOT_RECORDED)
+    compile: bool = compile_option()
+    progress: bool = option(True, flag="--no_progress", help="no progress bar")
+    rank: int = option(0, cli=False, help="this process's rank (torchrun's RANK): writes pairs rank, rank + world, …")
+    world_size: int = option(1, cli=False, help="number of processes (torchrun's WORLD_SIZE)")
+    extra: dict = option(cli=False, pixel=True, default_factory=dict, record=lambda opt, at: dict(opt.extra),
+                         help="model-specific sampler options (e.g. STAGE windows)")
 
 
 class TrainSettings:
@@ -252,7 +348,7 @@ def _target_class(target: str):
 # ---------------------------------------------------------------------------------------------- inputs
 def normal_images(data_root, category: str, layout: str) -> list[Path]:
     """A folder of normal images, or a dataset root (then that category's normal training images)."""
-    from ldm.data.generation import normal_images_for
+    from ldm.data.generation_inputs import normal_images_for
     from ldm.data.io import list_image_files
 
     root = Path(data_root)
@@ -264,42 +360,6 @@ def normal_images(data_root, category: str, layout: str) -> list[Path]:
     if (root / category).is_dir():
         return normal_images_for(layout, root, category)
     raise InputNotFound(f"--data_root {root} holds no images and no category folder '{category}'")
-
-
-def mask_source(kind: str, mask_path, size, seed: int, layout: str, split: str, category: str, defect: str,
-                opt: Optional[GenerationOptions] = None, name: Optional[str] = None):
-    """Real/augmented masks from the *generator side* of ``split`` when ``mask_path`` is a dataset
-    defect folder; every mask of a plain folder of masks; Perlin masks; or masks sampled from a mask
-    model (``generated``: ``--mask_model``, GroundingAnomaly's mask textual inversion)."""
-    from ldm.data.layouts import resolve_mvtec_path
-    from ldm.data.masks import AugmentedMasks, RealMasks
-    from ldm.synthesizers.common import make_mask_source
-
-    if kind == "perlin":
-        return make_mask_source("perlin", size, seed)
-    if kind == "generated":
-        from ldm.data.generated_masks import GeneratedMasks
-
-        if opt is None or not opt.mask_model:
-            raise UserError("--mask_source generated needs --mask_model (a mask run's checkpoints/ folder)")
-        if not Path(opt.mask_model).is_dir():
-            raise InputNotFound(f"--mask_model not found: {opt.mask_model}")
-        return GeneratedMasks.from_run(opt.mask_model, name or f"{category}+{defect}", size=size or 256, seed=seed,
-                                       weight_idx=opt.mask_weight_idx, steps=opt.mask_steps)
-    if kind not in ("real", "augmented"):
-        raise UserError(f"--mask_source must be real, augmented, perlin or generated, got {kind!r}")
-    if mask_path is None:
-        raise UserError(f"--mask_source {kind} needs --mask_path")
-    try:
-        root, cat, dfct = resolve_mvtec_path(mask_path, category=category, defect=defect)[:3]
-    except (ValueError, FileNotFoundError):
-        root = cat = dfct = None
-    if root is not None and cat is not None and dfct is not None:
-        return make_mask_source(kind, size, seed, layout, root, cat, dfct, split)
-    if not Path(mask_path).is_dir():
-        raise InputNotFound(f"--mask_path not found: {mask_path}")
-    cls = RealMasks if kind == "real" else AugmentedMasks
-    return cls(paths=mask_path, size=size, seed=seed)
 
 
 def use_foreground(opt: GenerationOptions, layout: str) -> bool:
@@ -316,7 +376,7 @@ def use_foreground(opt: GenerationOptions, layout: str) -> bool:
 def generation_inputs(opt: GenerationOptions, size: int, seed: int, layout: str, split: str,
                       name: Optional[str] = None):
     """(inputs, mask source or None): explicit pairs, or seeded random pairing with optional placement."""
-    from ldm.data.generation import ExplicitPairs, GenerationInputs
+    from ldm.data.generation_inputs import ExplicitPairs, GenerationInputs
     from ldm.data.placement import ForegroundPlacement
 
     if opt.pairs_csv:
@@ -326,8 +386,9 @@ def generation_inputs(opt: GenerationOptions, size: int, seed: int, layout: str,
         return inputs, None
     # native: real masks at their file's resolution (resized to each normal image), not the model's
     mask_size = None if opt.native and opt.mask_source in ("real", "augmented") else size
-    masks = mask_source(opt.mask_source, opt.mask_path, mask_size, seed, layout, split, opt.sample_name,
-                        opt.anomaly_name, opt, name)
+    masks = mask_source(opt.mask_source, mask_size, seed, layout=layout, split=split, category=opt.sample_name,
+                        defect=opt.anomaly_name, mask_path=opt.mask_path, mask_model=opt.mask_model,
+                        mask_weight_idx=opt.mask_weight_idx, mask_steps=opt.mask_steps, name=name)
     placement = ForegroundPlacement(opt.fg_min_share, opt.fg_dir) if use_foreground(opt, layout) else None
     inputs = GenerationInputs(normal_images(opt.data_root, opt.sample_name, layout), masks, size=size, seed=seed,
                               length=opt.n_samples, placement=placement, native=opt.native)
@@ -431,30 +492,20 @@ def provenance(run: TrainedRun, opt: GenerationOptions, split: str, masks) -> di
 # -------------------------------------------------------------------------------------------- settings
 def pixel_settings(run: TrainedRun, opt: GenerationOptions, split: str, layout: str, size: int,
                    sampler=None) -> dict:
-    """Every setting that changes a pixel of pair n (not n_samples, batch size, rank or device)."""
-    from ldm.pairs import file_fingerprint
-
-    artifacts = {p.name: file_fingerprint(p) for p in sorted(run.pt_path.glob(f"*-{run.step}.pt"))}
-    resolve = (lambda p: None if p is None else str(Path(p).resolve()))
-    return {"method": type(run.model).__name__.lower(), "config": resolve(run.config_path),
-            "config_sha256": file_fingerprint(run.config_path), "ckpt": resolve(run.ckpt),
-            "ckpt_fingerprint": file_fingerprint(run.ckpt), "pt_path": resolve(run.pt_path),
-            "weight_idx": run.step, "artifacts": artifacts, "embedding_name": run.name,
-            "sampler": opt.sampler, "steps": opt.steps, "kernel": opt.kernel, "refine_steps": opt.refine_steps,
-            "eta": opt.eta, "farm_mode": opt.farm_mode, "writeback": opt.writeback,
-            "t_start": getattr(sampler, "t_start", opt.t_start),  # the model's NDI default when not given
-            "ndi": opt.ndi if has_ndi(run.model) else None,
-            "mask_source": opt.mask_source, "mask_split": split, "mask_path": resolve(opt.mask_path),
-            "data_root": resolve(opt.data_root), "layout": layout, "prompt": opt.prompt, "seed": opt.seed,
-            "size": size, "init_word": opt.init_word, "extra": dict(opt.extra),
-            "foreground": use_foreground(opt, layout), "fg_dir": resolve(opt.fg_dir),
-            "fg_min_share": opt.fg_min_share if use_foreground(opt, layout) else None,
-            "native": opt.native, "native_margin": opt.native_margin if opt.native else None,
-            "pairs_csv": file_fingerprint(opt.pairs_csv) if opt.pairs_csv else None,
-            "mask_model": _mask_model_identity(opt),
-            # bf16 changes pixels beyond float rounding (tests/test_acceleration.py); fp32 folders keep
-            # the manifest they had before the option existed
-            **({"precision": opt.precision} if opt.precision != "fp32" else {})}
+    """Every setting that changes a pixel of pair n (not n_samples, batch size, rank or device): the
+    generator's identity (model class, config and checkpoint fingerprints, artifacts, embedding name, size)
+    and each ``pixel`` option of ``opt``'s class under its field name (its ``record`` when it has one)."""
+    at = RecordContext(run, split, layout, size, sampler)
+    settings = {"method": type(run.model).__name__.lower(), "config_sha256": _fingerprint(run.config_path),
+                "ckpt_fingerprint": _fingerprint(run.ckpt),
+                "artifacts": {p.name: _fingerprint(p) for p in sorted(run.pt_path.glob(f"*-{run.step}.pt"))},
+                "embedding_name": run.name, "size": size}
+    for f in fields_with(opt, "pixel"):
+        record = f.metadata.get("record")
+        value = record(opt, at) if record is not None else getattr(opt, f.name)
+        if value is not NOT_RECORDED:
+            settings[f.name] = value
+    return settings
 
 
 def _mask_model_identity(opt: GenerationOptions):
@@ -462,13 +513,12 @@ def _mask_model_identity(opt: GenerationOptions):
     if opt.mask_source != "generated" or not opt.mask_model:
         return None
     from ldm.models.diffusion.artifacts import available_steps
-    from ldm.pairs import file_fingerprint
 
     steps = available_steps(opt.mask_model, "mask_ti")
     step = opt.mask_weight_idx if opt.mask_weight_idx is not None else (steps[-1] if steps else None)
     weights = Path(opt.mask_model) / f"mask_ti-{step}.pt"
     return {"path": str(Path(opt.mask_model).resolve()), "step": step, "steps": opt.mask_steps,
-            "weights": file_fingerprint(weights) if weights.is_file() else None}
+            "weights": _fingerprint(weights) if weights.is_file() else None}
 
 
 def has_ndi(model) -> bool:
@@ -500,7 +550,7 @@ def make_sampler(run: TrainedRun, opt: GenerationOptions):
 def _make(run: TrainedRun, name: str, steps, kw: dict):
     if hasattr(run.model, "make_sampler"):
         return run.model.make_sampler(name, steps, **kw)
-    from ldm.models.diffusion.samplers import build_sampler
+    from ldm.models.diffusion.sampler_registry import build_sampler
 
     return build_sampler(name, run.model.schedule, steps=steps, **kw)
 

@@ -14,6 +14,11 @@ Why resumable and batch-size independent: pair n depends only on ``(seed, catego
 Every file is written atomically (``utils.atomic``), so a killed run never leaves a truncated file
 under a final name, and the strip, written last, is the completion mark. A write that fails (a full
 disk) removes the files of its pair written so far.
+
+Reading: ``find_pairs_folders`` / ``read_pairs_folder`` / ``read_pairs`` are the one reader of this
+layout (the export, the segmenter's training data and the quality numbers use them): pair n is
+``image/<n>.*`` with ``mask/<n>.*``; in a folder with strips a pair without its strip is incomplete
+(skipped and counted), and an image without its mask is an error. ``read_index`` reads ``pairs.csv``.
 """
 from __future__ import annotations
 
@@ -22,20 +27,22 @@ import hashlib
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from ldm.data.io import save_png_atomic, to_uint8
+from ldm.data.io import list_image_files, natural_key, save_png_atomic, to_uint8
 from utils.atomic import write_text_atomic
-from utils.errors import UserError
+from utils.errors import InputNotFound, UserError
 
 SUBDIRS = ("image", "mask", "image-mask-ori")
-MANIFEST = "synthesis.json"
+SETTINGS_FILE = "synthesis.json"   # every setting that changes a pixel (check_manifest)
 PROVENANCE = "provenance.json"
 INDEX = "pairs.csv"
-INDEX_COLUMNS = ("n", "image", "mask", "normal_image", "mask_origin", "category", "defect", "seed", "score",
-                 "saliency", "background_error", "mask_area")
+SCORE_COLUMNS = ("score", "saliency", "background_error", "mask_area")
+INDEX_COLUMNS = ("n", "image", "mask", "normal_image", "mask_origin", "category", "defect", "seed") + SCORE_COLUMNS
 
 
 # ----------------------------------------------------------------------------------------------- seeds
@@ -159,23 +166,54 @@ class PairWriter:
 
 
 def read_index(folder) -> list[dict]:
-    """Rows of ``<folder>/pairs.csv`` (numbers parsed; empty cells are None)."""
+    """Rows of ``<folder>/pairs.csv``: ``n`` and ``seed`` ints, ``SCORE_COLUMNS`` floats, other cells text;
+    empty cells, and numbers that do not parse, are None. A missing ``n`` column, a row whose ``n`` is
+    not an integer, or a file that cannot be read is a ``UserError`` naming the file (and line)."""
     path = Path(folder) / INDEX
+    if not path.is_file():
+        raise InputNotFound(f"{path} not found")
     rows = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            out = {}
-            for k, v in row.items():
-                if v == "":
-                    out[k] = None
-                elif k in ("n", "seed"):
-                    out[k] = int(v)
-                elif k in ("score", "saliency", "background_error", "mask_area"):
-                    out[k] = float(v)
-                else:
-                    out[k] = v
-            rows.append(out)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or "n" not in reader.fieldnames:
+                raise UserError(f"{path}: no 'n' column (expected n,image,mask,normal_image,...)")
+            for line, row in enumerate(reader, start=2):
+                out = {k: _index_cell(k, v) for k, v in row.items()}
+                if out["n"] is None:
+                    raise UserError(f"{path}, line {line}: n={row.get('n')!r} is not an integer")
+                rows.append(out)
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
     return rows
+
+
+def _index_cell(column: str, text):
+    """One ``pairs.csv`` cell typed (see ``read_index``)."""
+    if text is None or str(text).strip() == "":
+        return None
+    if column in ("n", "seed"):
+        return parse_int(text)
+    if column in SCORE_COLUMNS:
+        try:
+            return float(str(text).strip())
+        except ValueError:
+            return None
+    return text
+
+
+def parse_int(text, default=None):
+    """An integer cell: exact for 63-bit per-pair seeds (which a float would round), ``12.0`` read as
+    12; ``default`` when it does not parse."""
+    t = str(text).strip()
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return int(float(t))
+    except (ValueError, OverflowError):
+        return default
 
 
 def _csv_value(v):
@@ -202,7 +240,7 @@ def check_manifest(folder, settings: dict) -> None:
     """Resuming is only valid with the same settings: record them on first use, refuse a mismatch
     naming the settings that differ (a rerun with, say, another checkpoint would otherwise mix two
     generators' pairs in one folder without a word)."""
-    path = Path(folder) / MANIFEST
+    path = Path(folder) / SETTINGS_FILE
     new = json.loads(json.dumps(settings, sort_keys=True, default=str))
     if path.is_file():
         try:
@@ -218,6 +256,103 @@ def check_manifest(folder, settings: dict) -> None:
     write_text_atomic(path, json.dumps(new, sort_keys=True, indent=1) + "\n")
 
 
+# ---------------------------------------------------------------------------------------------- reader
+@dataclass(frozen=True)
+class PairFiles:
+    """The files of complete pair ``n`` of a ``<category>/<defect>`` folder."""
+
+    category: str
+    defect: str
+    n: int
+    image: Path
+    mask: Path
+    strip: Optional[Path] = None  # image-mask-ori/<n>.png; None in a folder without strips
+
+
+@dataclass
+class PairsFolder:
+    """One ``<category>/<defect>`` folder as read: its complete pairs in n order, and how many pairs on
+    disk are incomplete (no strip yet: a run in progress or interrupted)."""
+
+    path: Path
+    category: str
+    defect: str
+    pairs: list
+    incomplete: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.category}/{self.defect}"
+
+
+def is_pairs_folder(d: Path) -> bool:
+    """A ``<category>/<defect>`` folder: one with ``image/``."""
+    return (Path(d) / SUBDIRS[0]).is_dir()
+
+
+def _subfolders(d: Path) -> list:
+    """Visible subfolders in natural order (dot-folders, e.g. the studio's uploads, are not pairs)."""
+    return sorted((c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")),
+                  key=lambda c: natural_key(c.name))
+
+
+def find_pairs_folders(source, category: Optional[str] = None) -> list:
+    """``[(path, category, defect)]`` under ``source`` -- one ``<category>/<defect>`` folder, a category
+    folder or a pairs root -- in natural order; empty when there is none. ``category`` keeps that
+    category only (a category folder of another name is refused). Paths are under ``source`` as given;
+    names come from the resolved path."""
+    source = Path(source)
+    if not source.is_dir():
+        raise InputNotFound(f"pairs folder not found: {source}")
+    here = source.resolve()
+    if is_pairs_folder(source):
+        return [(source, here.parent.name, here.name)]
+    children = _subfolders(source)
+    if any(is_pairs_folder(d) for d in children):
+        if category is not None and here.name != category:
+            raise UserError(f"pairs folder {source} is category '{here.name}', not '{category}'")
+        return [(d, here.name, d.name) for d in children if is_pairs_folder(d)]
+    return [(d, c.name, d.name) for c in children if category is None or c.name == category
+            for d in _subfolders(c) if is_pairs_folder(d)]
+
+
+def read_pairs_folder(path, category: Optional[str] = None, defect: Optional[str] = None) -> PairsFolder:
+    """The complete pairs of one ``<category>/<defect>`` folder (names default to the resolved path's).
+
+    Pair n is ``image/<n>.*`` with ``mask/<n>.*`` (any image suffix; files whose stem is not a number
+    are not pairs). In a folder with strips (``image-mask-ori/``, which ``PairWriter`` writes last) a
+    pair without its strip is incomplete and counted, not read; an image without its mask, and a folder
+    without ``mask/``, are errors naming what is missing."""
+    path = Path(path)
+    here = path.resolve()
+    category = here.parent.name if category is None else category
+    defect = here.name if defect is None else defect
+    mask_dir, strip_dir = path / SUBDIRS[1], path / SUBDIRS[2]
+    if not mask_dir.is_dir():
+        raise InputNotFound(f"pairs folder without mask/: {mask_dir}")
+    masks = {p.stem: p for p in list_image_files(mask_dir)}
+    strips = {p.stem: p for p in list_image_files(strip_dir)} if strip_dir.is_dir() else None
+    pairs, incomplete = [], 0
+    for image in list_image_files(path / SUBDIRS[0]):
+        stem = image.stem
+        if not stem.isdigit():
+            continue
+        if strips is not None and stem not in strips:
+            incomplete += 1
+            continue
+        if stem not in masks:
+            raise InputNotFound(f"generated image without mask: {image} (expected {mask_dir / stem}.png)")
+        pairs.append(PairFiles(category, defect, int(stem), image, masks[stem],
+                               strips[stem] if strips is not None else None))
+    return PairsFolder(path, category, defect, pairs, incomplete)
+
+
+def read_pairs(source, category: Optional[str] = None) -> list:
+    """``read_pairs_folder`` of every folder ``find_pairs_folders(source, category)`` finds."""
+    return [read_pairs_folder(*found) for found in find_pairs_folders(source, category)]
+
+
+# -------------------------------------------------------------------------------------------- provenance
 def write_provenance(folder, provenance: dict) -> Path:
     path = Path(folder) / PROVENANCE
     write_text_atomic(path, json.dumps(provenance, sort_keys=True, indent=1, default=str) + "\n")

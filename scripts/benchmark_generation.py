@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from scripts.benchmark_samplers import (BENCH_NAME, _sync, build_model, make_inputs, run_sampler,
-                                        single_call_denoiser, time_calls)
+from ldm.benchmarks.samplers import (BENCH_NAME, _sync, build_model, make_inputs, run_sampler,
+                                     single_call_denoiser, time_calls)
 from utils.atomic import write_text_atomic
 from utils.cli import ArgumentParser
 from utils.errors import UserError

@@ -36,11 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from utils.cli import ArgumentParser
+from utils.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[1]
-
-from utils.cli import ArgumentParser  # noqa: E402
-from utils.errors import UserError  # noqa: E402
-
 CONFIGS = {"ldm": "configs/tiny/ldm.yaml", "fast": "configs/fast/texture-demo.yaml"}
 
 

@@ -3,64 +3,11 @@
 
     python scripts/latent_mask_report.py --root data/texture-ad --size 64 --latent 16
 
-Per defect type: masks, how many become all-zero latent masks with the old ``> 0.5`` rule, with the
-official ``>= 0.5`` rule, and after ``latent_mask``'s keep-alive rule (must be 0), and the latent
-area kept relative to the pixel area (1.0 = the latent mask covers exactly the mask's share). Thin
-masks (scratches, cracks) are the ones at risk: check them before training at a small latent size.
+The report lives in ``ldm/quality/latent_masks.py`` (``--help`` for every flag and column).
 """
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from utils.cli import ArgumentParser  # noqa: E402
-
-
-def report(root: Path, size: int, latent: int) -> list[dict]:
-    import torch
-    import torch.nn.functional as F
-
-    from ldm.data.io import load_mask
-    from ldm.models.diffusion.fast import latent_mask
-    from utils.errors import InputNotFound
-
-    files = sorted(Path(root).glob("*/ground_truth/*/*.png"))
-    if not files:
-        raise InputNotFound(f"--root {root}: no <category>/ground_truth/<defect>/*.png masks")
-    rows: dict = {}
-    for p in files:
-        m = torch.from_numpy(load_mask(p, size))[None, None]
-        soft = F.interpolate(m, size=(latent, latent), mode="bilinear", align_corners=False)
-        area = float(F.adaptive_avg_pool2d(m, (latent, latent)).sum())
-        r = rows.setdefault(p.parent.name, {"defect": p.parent.name, "masks": 0, "empty_gt": 0, "empty_ge": 0,
-                                            "empty_final": 0, "cells_gt": 0.0, "cells_ge": 0.0, "area": 0.0})
-        r["masks"] += 1
-        r["empty_gt"] += int((soft > 0.5).sum() == 0)
-        r["empty_ge"] += int((soft >= 0.5).sum() == 0)
-        r["empty_final"] += int(latent_mask(m, (latent, latent)).sum() == 0)
-        r["cells_gt"] += float((soft > 0.5).sum())
-        r["cells_ge"] += float((soft >= 0.5).sum())
-        r["area"] += area
-    return list(rows.values())
-
-
-def main(argv=None) -> int:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", required=True, help="dataset root (<category>/ground_truth/<defect>/*.png)")
-    p.add_argument("--size", type=int, default=256, help="image size the masks are resized to")
-    p.add_argument("--latent", type=int, default=32, help="latent size (image size / first-stage factor)")
-    a = p.parse_args(argv)
-    print(f"{a.size} px masks -> {a.latent}x{a.latent} latent")
-    print(f"{'defect':12s} {'masks':>5s} {'empty >':>8s} {'empty >=':>9s} {'empty now':>9s} "
-          f"{'area kept >':>12s} {'area kept >=':>13s}")
-    for r in report(Path(a.root), a.size, a.latent):
-        print(f"{r['defect']:12s} {r['masks']:5d} {r['empty_gt']:8d} {r['empty_ge']:9d} {r['empty_final']:9d} "
-              f"{r['cells_gt'] / r['area']:12.2f} {r['cells_ge'] / r['area']:13.2f}")
-    return 0
-
+from ldm.quality.latent_masks import cli
 
 if __name__ == "__main__":
-    from utils.cli import run_cli
-
-    sys.exit(run_cli("latent_mask_report.py", main))
+    sys.exit(cli())

@@ -5,8 +5,9 @@ import random
 import pytest
 import torch
 
-from ldm.models.diffusion.samplers import (aias_boundaries, build_sampler, compose_single_steps,
-                                           ddim_coefficients, ddim_timesteps, segment_coefficients)
+from ldm.models.diffusion.sampler_registry import build_sampler
+from ldm.models.diffusion.samplers import (aias_boundaries, compose_single_steps, ddim_coefficients, ddim_timesteps,
+                                           segment_coefficients)
 from ldm.models.diffusion.samplers.kernels import posterior_step
 from ldm.models.diffusion.schedule import NoiseSchedule
 

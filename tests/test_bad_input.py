@@ -31,20 +31,21 @@ from utils.cli import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str):
+def _entry(module: str):
+    """The library command a script runs: ``cli(argv)`` (one-line user errors, exit code 2)."""
     import importlib
 
-    return importlib.import_module(f"scripts.{name}").main
+    return importlib.import_module(module).cli
 
 
 ENTRY: dict[str, Callable[[list], int]] = {
     "main.py": lambda argv: run_cli("main.py", lambda: main_mod.main(argv)),
     "generate_with_mask.py": lambda argv: run_cli("generate_with_mask.py", lambda: gen_mod.main(argv) and 0),
-    "build_texture_dataset.py": lambda argv: _script("build_texture_dataset")(argv),
-    "compare_synthesizers.py": lambda argv: _script("compare_synthesizers")(argv),
-    "train_segmenter.py": lambda argv: _script("train_segmenter")(argv),
-    "synthesize_baseline.py": lambda argv: _script("synthesize_baseline")(argv),
-    "export_pairs.py": lambda argv: run_cli("export_pairs.py", lambda: _script("export_pairs")(argv)),
+    "build_texture_dataset.py": lambda argv: _entry("ldm.data.texture_ad")(argv),
+    "compare_synthesizers.py": lambda argv: _entry("ldm.segmentation.compare")(argv),
+    "train_segmenter.py": lambda argv: _entry("ldm.segmentation.train_on_pairs")(argv),
+    "synthesize_baseline.py": lambda argv: _entry("ldm.synthesizers.common")(argv),
+    "export_pairs.py": lambda argv: _entry("ldm.export")(argv),
 }
 
 

@@ -7,8 +7,9 @@ server is never started). Each case asserts exit code 2, exactly one line on std
 file and folder of the case's scratch folder (where the outputs and log folders go) is as it was before
 the call -- an output folder that did not exist still does not, an existing one is unchanged.
 
-Commands are called in-process the way their ``__main__`` calls them (``utils.cli.run_cli``); a few cases
-also run as real processes. ``main.py`` cases fail in ``ldm.config_check`` before anything is built.
+Commands are called in-process the way their ``__main__`` calls them (``utils.cli.run_cli``; a script's is
+the ``cli(argv)`` of the library module it runs); a few cases also run as real processes. ``main.py`` cases
+fail in ``ldm.config_check`` before anything is built.
 The older ``tests/test_bad_input.py`` covers the dataset loaders, checkpoints and full/read-only disks.
 """
 from __future__ import annotations
@@ -34,8 +35,9 @@ from utils.cli import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str):
-    return importlib.import_module(f"scripts.{name}")
+def _entry(module: str):
+    """The library command a script runs: ``cli(argv)`` (one-line user errors, exit code 2)."""
+    return importlib.import_module(module).cli
 
 
 def _server_started(*a, **k):
@@ -50,11 +52,11 @@ ENTRY: dict[str, Callable[[list], int]] = {
     "main.py": lambda argv: run_cli("main.py", lambda: importlib.import_module("main").main(argv)),
     "generate_with_mask.py": lambda argv: run_cli(
         "generate_with_mask.py", lambda: importlib.import_module("generate_with_mask").main(argv) and 0),
-    "train_all.py": lambda argv: run_cli("train_all.py", lambda: _script("train_all").main(argv)),
-    "compare_synthesizers.py": lambda argv: _script("compare_synthesizers").main(argv),
-    "export_pairs.py": lambda argv: run_cli("export_pairs.py", lambda: _script("export_pairs").main(argv)),
-    "train_segmenter.py": lambda argv: _script("train_segmenter").main(argv),
-    "studio.py": lambda argv: run_cli("studio.py", lambda: _script("studio").main(argv)),
+    "train_all.py": lambda argv: _entry("ldm.train_all")(argv),
+    "compare_synthesizers.py": lambda argv: _entry("ldm.segmentation.compare")(argv),
+    "export_pairs.py": lambda argv: _entry("ldm.export")(argv),
+    "train_segmenter.py": lambda argv: _entry("ldm.segmentation.train_on_pairs")(argv),
+    "studio.py": lambda argv: _entry("ldm.studio.cli")(argv),
 }
 
 
@@ -562,7 +564,7 @@ def test_every_command_has_at_least_10_cases_and_70_in_all():
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.entry}-{c.name}" for c in CASES])
 def test_bad_input_is_refused_in_one_line(case, world, capsys, monkeypatch):
-    monkeypatch.setattr(_script("train_all").subprocess, "call", _spawned)
+    monkeypatch.setattr(importlib.import_module("ldm.train_all").subprocess, "call", _spawned)
     monkeypatch.setattr(importlib.import_module("ldm.studio.page"), "launch", _server_started)
     argv = [str(a) for a in case.argv(world)]
     if case.patch is not None:

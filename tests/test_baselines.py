@@ -6,11 +6,13 @@ import pytest
 from PIL import Image
 
 from ldm.data.layouts import index_category, split_anomalies
-from ldm.synthesizers.common import PairWriter, make_mask_source, synthesize_baseline
+from ldm.data.mask_source import mask_source
+from ldm.pairs import PairWriter
+from ldm.synthesizers.common import MASK_SOURCES, synthesize_baseline
 from ldm.synthesizers.draem import AUGMENTERS, augment_texture, draem_blend, skimage_source_paths
 from tests.fixtures_data import make_mvtec_tree
-from ldm.quality.pixels import (anomaly_saliency, background_preservation, folder_quality,
-                                      mean_pairwise_rms, split_strip)
+from ldm.quality.folders import folder_quality
+from ldm.quality.pixels import anomaly_saliency, background_preservation, mean_pairwise_rms, split_strip
 
 SIZE = 32
 
@@ -91,10 +93,11 @@ def test_methods_share_inputs(tree, tmp_path):
 def test_real_masks_come_from_generator_side_only(tree):
     idx = index_category("mvtec", tree, "widget")
     gen, _ = split_anomalies(idx.samples("dent"), "third")
-    src = make_mask_source("real", SIZE, 0, "mvtec", tree, "widget", "dent", "third")
+    src = mask_source("real", SIZE, 0, layout="mvtec", split="third", data_root=tree, category="widget",
+                      defect="dent", kinds=MASK_SOURCES)
     assert [str(p) for p in src.paths] == [str(s.mask) for s in gen]
-    with pytest.raises(ValueError, match="mask_source"):
-        make_mask_source("blobs", SIZE, 0)
+    with pytest.raises(ValueError, match="--mask_source must be one of perlin, real, augmented, got 'generated'"):
+        mask_source("generated", SIZE, 0, kinds=MASK_SOURCES)  # no mask model for the baselines
 
 
 def test_real_mask_source_pairs(tree, tmp_path):
@@ -152,7 +155,7 @@ def test_folder_quality_normal_only(tree, tmp_path):
 
 
 def test_cli(tree, tmp_path, capsys):
-    from scripts.synthesize_baseline import main
+    from ldm.synthesizers.common import cli as main
 
     assert main(["--method", "cutpaste", "--data_root", str(tree), "--category", "widget", "--n_samples", "2",
                  "--size", str(SIZE), "--out", str(tmp_path / "o"), "--quality"]) == 0

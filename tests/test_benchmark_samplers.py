@@ -1,16 +1,17 @@
-"""scripts/benchmark_samplers.py: argument handling, the DDPM subset estimate, the SDPA probe, and one
-short end-to-end run on the tiny FAST config (CPU). Structure only: columns, NFE counts, and that the
-speed-ups are ratios of the very wall times the same run reports. Which sampler is faster is a timing
-claim; it belongs to the benchmark's printed output, not to a test on a shared machine."""
+"""The sampler benchmark (ldm/benchmarks/samplers.py, run by scripts/benchmark_samplers.py): argument handling,
+the DDPM subset estimate, the SDPA probe, and one short end-to-end run on the tiny FAST config (CPU).
+Structure only: columns, NFE counts, and that the speed-ups are ratios of the very wall times the same run
+reports. Which sampler is faster is a timing claim; it belongs to the benchmark's printed output, not to a
+test on a shared machine."""
 import json
 
 import pytest
 import torch
 
-from ldm.models.diffusion.samplers import DDPMSampler, build_sampler
+from ldm.benchmarks.samplers import JSON_KEYS, ddpm_subset, main, parse_args, parse_sampler_list, probe_sdpa
+from ldm.models.diffusion.sampler_registry import build_sampler
+from ldm.models.diffusion.samplers import DDPMSampler
 from ldm.models.diffusion.schedule import NoiseSchedule
-from scripts.benchmark_samplers import (JSON_KEYS, ddpm_subset, main, parse_args, parse_sampler_list,
-                                        probe_sdpa)
 
 SCH = NoiseSchedule.from_config("linear", 1000, 0.00085, 0.012)
 

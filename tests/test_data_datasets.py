@@ -1,19 +1,15 @@
 """Training datasets: the item contract, splits as seen by the datasets, the data module, bad input."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fixtures_data import make_btad, make_mvtec, make_visa  # noqa: E402
-
-from ldm.data.anomaly import ANOMALYDIFFUSION_TEMPLATES, AnomalyDataset, NormalImagesDataset  # noqa: E402
-from ldm.data.datamodule import DataModuleFromConfig  # noqa: E402
+from ldm.data.anomaly import ANOMALYDIFFUSION_TEMPLATES, AnomalyDataset, NormalImagesDataset
+from ldm.data.datamodule import DataModuleFromConfig
+from tests.fixtures_data import make_btad, make_mvtec, make_visa
 
 
 def _check_item(item, size, name):

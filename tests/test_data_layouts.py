@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fixtures_data import make_btad, make_mvtec, make_visa, rng_for, write_image, write_mask, rect_mask  # noqa: E402
-
-from ldm.data.io import load_image, load_mask, natural_key, save_png_atomic  # noqa: E402
-from ldm.data.layouts import (AnomalySample, detect_layout, get_layout, index_category,  # noqa: E402
+from ldm.data.io import load_image, load_mask, natural_key, save_png_atomic
+from ldm.data.layouts import (AnomalySample, detect_layout, get_layout, index_category,
                               list_categories, resolve_mvtec_path, split_anomalies)
+from tests.fixtures_data import make_btad, make_mvtec, make_visa, rect_mask, rng_for, write_image, write_mask
 
 
 # ---------------------------------------------------------------- io

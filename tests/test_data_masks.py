@@ -1,20 +1,16 @@
 """Mask sources: Perlin masks, augmentation, filtering, reproducibility, generation inputs."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fixtures_data import make_mvtec  # noqa: E402
-
-from ldm.data.generation import GenerationInputs, normal_images_for  # noqa: E402
-from ldm.data.layouts import index_category, split_anomalies  # noqa: E402
-from ldm.data.masks import (AugmentedMasks, PerlinMasks, RealMasks, augment_mask, mask_ok,  # noqa: E402
+from ldm.data.generation_inputs import GenerationInputs, normal_images_for
+from ldm.data.layouts import index_category, split_anomalies
+from ldm.data.masks import (AugmentedMasks, PerlinMasks, RealMasks, augment_mask, mask_ok,
                             perlin_mask, perlin_noise)
+from tests.fixtures_data import make_mvtec
 
 
 def _binary(m):

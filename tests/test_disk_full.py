@@ -173,7 +173,7 @@ def test_generation_on_a_full_disk_stops_cleanly_and_a_rerun_ends_identical(run,
 
 # ------------------------------------------------------------------------------------------------ export
 def _export(pairs, out, fmt) -> int:
-    from scripts.export_pairs import main
+    from ldm.export import main
 
     return run_cli("export_pairs.py", lambda: main(["--pairs", str(pairs), "--format", fmt, "--out", str(out)]))
 

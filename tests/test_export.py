@@ -394,7 +394,7 @@ def test_incomplete_pairs_are_skipped(tree, tmp_path):
 
 
 def test_cli(tree, tmp_path, capsys):
-    from scripts.export_pairs import main
+    from ldm.export import main
     from utils.cli import run_cli
 
     root, _ = tree

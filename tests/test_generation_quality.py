@@ -19,7 +19,8 @@ from ldm.modules.inception import (InceptionV3, check_inception_state_dict, ince
                                    load_inception, torchvision_transform_input)
 from utils.errors import InputNotFound, UserError
 from ldm.quality.generative import (ic_lpips, ic_lpips_details, inception_score, load_images_uint8,
-                                      load_png_folder, to_minus1_1)
+                                      load_png_folder)
+from utils.images import uint8_to_float
 
 
 # ----------------------------------------------------------------------------- Inception Score
@@ -108,7 +109,7 @@ def test_png_helpers(tmp_path):
     assert x.shape == (3, 3, 6, 5) and x.dtype == torch.float32
     assert torch.allclose(x[0], torch.from_numpy(arrays[2]).permute(2, 0, 1).float() / 127.5 - 1)
     assert load_images_uint8(sorted(tmp_path.glob("*.png")), size=4).shape == (3, 3, 4, 4)
-    assert to_minus1_1(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [-1.0, 1.0]
+    assert uint8_to_float(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [-1.0, 1.0]
 
 
 # ----------------------------------------------------------------------------- Inception-v3
@@ -234,7 +235,7 @@ def folders(tmp_path):
 
 
 def _cli(argv):
-    from scripts.generation_quality import main
+    from ldm.quality.generative_folders import main
     from utils.cli import run_cli
 
     return run_cli("generation_quality.py", lambda: main(argv))
@@ -257,7 +258,7 @@ def test_cli_end_to_end(folders, weights, tmp_path, capsys):
     assert row["n_generated"] == 4 and row["n_real"] == 2 and sum(row["cluster_sizes"]) == 4
 
     # the same numbers computed directly from the library pieces
-    imgs = to_minus1_1(load_images_uint8(sorted((gen / "image").glob("*.png"))))
+    imgs = uint8_to_float(load_images_uint8(sorted((gen / "image").glob("*.png"))))
     with torch.no_grad():
         probs = torch.softmax(load_inception(str(weights["inception"]))(imgs).double(), 1)
     is_mean, is_std = inception_score(probs, splits=2)

@@ -11,7 +11,7 @@ import generate_with_mask as gen
 from ldm.data.layouts import index_category
 from ldm.generation import load_run
 from ldm.models.diffusion.fast import latent_mask, rescued_latent_masks
-from ldm.models.diffusion.samplers import build_sampler
+from ldm.models.diffusion.sampler_registry import build_sampler
 from ldm.models.diffusion.schedule import NoiseSchedule
 from ldm.pairs import pair_seed, read_index
 from ldm.segmentation.data import EvaluationSet
@@ -231,7 +231,7 @@ def test_comparison_accepts_pairs_from_a_generator_on_the_other_side(tmp_path):
 
 # ------------------------------------------------------------------------------------ 8. init words
 def test_official_init_words_for_mvtec_defects(tmp_path):
-    from scripts.train_all import init_word_for, known_init_word
+    from ldm.train_all import init_word_for, known_init_word
 
     assert known_init_word("mvtec", "pill", "scratch") == "type"
     assert known_init_word("mvtec", "cable", "poke_insulation") == "poke"
@@ -243,7 +243,7 @@ def test_official_init_words_for_mvtec_defects(tmp_path):
 
 
 def test_train_all_plans_official_init_words(tmp_path, capsys):
-    from scripts.train_all import main
+    from ldm.train_all import main
     from tests.fixtures_data import make_mvtec
 
     root = make_mvtec(tmp_path / "mvtec")

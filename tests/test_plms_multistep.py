@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from ldm.models.diffusion.samplers import DDIMSampler, PLMSSampler
+from ldm.models.diffusion.samplers import DDIMSteps, PLMSSteps
 from ldm.models.diffusion.schedule import NoiseSchedule
 
 SCH = NoiseSchedule.from_config("linear", 1000, 0.00085, 0.012)
@@ -80,7 +80,7 @@ def _x_T(seed=3):
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 7])
 def test_plms_matches_the_hand_written_multistep_loop(steps):
-    sampler = PLMSSampler(SCH, steps=steps)
+    sampler = PLMSSteps(SCH, steps=steps)
     grid_desc = sorted(sampler.timesteps, reverse=True)
     assert grid_desc == sampler.timesteps  # LDM's grid: range(0, 1000, 1000 // steps) + 1
     x_T = _x_T()
@@ -99,18 +99,18 @@ def test_the_oracle_separates_plms_from_ddim_and_from_wrong_weights():
     """The time-varying eps makes the multistep weights matter: DDIM on the same grid, or PLMS with
     the order-3 weights swapped, ends far from the reference."""
     steps = 7
-    sampler = PLMSSampler(SCH, steps=steps)
+    sampler = PLMSSteps(SCH, steps=steps)
     x_T = _x_T()
     expect, _, _ = reference_plms(x_T.clone(), sampler.timesteps)
-    ddim = DDIMSampler(SCH, steps=steps).sample(LinearEps(), SHAPE, x_T=x_T)
+    ddim = DDIMSteps(SCH, steps=steps).sample(LinearEps(), SHAPE, x_T=x_T)
     assert (ddim - expect).abs().max() > 1e-3
 
-    class SwappedWeights(PLMSSampler):  # order 3 with the two older weights swapped: still sums to 1
+    class SwappedWeights(PLMSSteps):  # order 3 with the two older weights swapped: still sums to 1
         @staticmethod
         def _combine(eps, history):
             if len(history) == 2:
                 return (23 * eps + 5 * history[-1] - 16 * history[-2]) / 12
-            return PLMSSampler._combine(eps, history)
+            return PLMSSteps._combine(eps, history)
 
     wrong = SwappedWeights(SCH, steps=steps).sample(LinearEps(), SHAPE, x_T=x_T)
     assert (wrong - expect).abs().max() > 1e-3
@@ -118,7 +118,7 @@ def test_the_oracle_separates_plms_from_ddim_and_from_wrong_weights():
 
 def test_first_step_evaluates_at_the_next_grid_time_and_averages():
     """One step in isolation: eps at t, a provisional DDIM step to t_next, eps there, the mean."""
-    sampler = PLMSSampler(SCH, steps=4)
+    sampler = PLMSSteps(SCH, steps=4)
     t, t_next = sampler.timesteps[:2]
     x_T = _x_T(5)
     ab = SCH.alphas_cumprod

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.demo_stages import StageRunner, fingerprint
+from ldm.demo.stages import StageRunner, fingerprint
 from utils.errors import UserError
 from utils.safe_load import safe_load
 
@@ -166,7 +166,8 @@ def test_wild_family_trains_on_its_own_data_over_the_texture_ad_backbone(tmp_pat
     """--family wild: its own dataset, defect types, comparison and report; the autoencoder and LDM
     (and their data) stay texture-ad's, so one backbone serves both families."""
     from ldm.data.texture_ad import FAMILIES
-    from scripts.run_demo import Demo, get_parser, resolve
+    from ldm.demo.pipeline import Demo
+    from ldm.demo.tiers import get_parser, resolve
 
     opt = get_parser().parse_args(["--family", "wild", "--out", str(tmp_path)])
     tier = resolve(opt)
@@ -182,7 +183,7 @@ def test_wild_family_trains_on_its_own_data_over_the_texture_ad_backbone(tmp_pat
 
 
 def test_mask_budget_must_be_positive(tmp_path):
-    from scripts.run_demo import get_parser, resolve
+    from ldm.demo.tiers import get_parser, resolve
 
     for flag in ("--mask_steps", "--diversity_masks"):
         with pytest.raises(UserError, match=f"{flag} must be >= 1, got 0"):
@@ -193,7 +194,7 @@ def test_mask_budget_must_be_positive(tmp_path):
     ([], None, False), (["--ablations"], "all", True), (["--ablations", "fast"], "fast", False),
     (["--ablations", "grounding"], "grounding", True), (["--full"], "all", True)])
 def test_ablation_sets_and_what_they_imply(tmp_path, args, ablations, grounding):
-    from scripts.run_demo import get_parser, resolve
+    from ldm.demo.tiers import get_parser, resolve
 
     opt = get_parser().parse_args(["--out", str(tmp_path), *args])
     resolve(opt)
@@ -205,7 +206,7 @@ def test_threads_reach_every_stage_through_the_environment(tmp_path, monkeypatch
     demo's stages ran several times slower, so --threads goes to every child through OMP_NUM_THREADS."""
     import os
 
-    import scripts.run_demo as rd
+    import ldm.demo.pipeline as rd
 
     class Stop(Exception):
         pass

@@ -7,8 +7,9 @@ import torch
 from ldm.models.diffusion.ddim import DDIMSampler as CompVisDDIM
 from ldm.models.diffusion.ddim import make_denoiser
 from ldm.models.diffusion.plms import PLMSSampler as CompVisPLMS
-from ldm.models.diffusion.samplers import (AIASSampler, BatchRNG, DDIMSampler, DDPMSampler, MaskGuidance,
-                                           PLMSSampler, build_sampler, paste, segment_coefficients)
+from ldm.models.diffusion.sampler_registry import build_sampler
+from ldm.models.diffusion.samplers import (AIASSampler, BatchRNG, DDIMSteps, DDPMSampler, MaskGuidance, PLMSSteps,
+                                           paste, segment_coefficients)
 from ldm.models.diffusion.samplers.rng import as_batch_rng
 from ldm.models.diffusion.schedule import NoiseSchedule
 
@@ -105,7 +106,7 @@ def test_ddpm_chain_returns_fixed_x0_and_nfe():
 
 def test_ddim_eta1_on_aias_grid_equals_aias_exact():
     aias = AIASSampler(SCH, segments=48, refine_steps=2, kernel="exact")
-    ddim = DDIMSampler(SCH, eta=1.0, timesteps=aias.boundaries + [0])
+    ddim = DDIMSteps(SCH, eta=1.0, timesteps=aias.boundaries + [0])
     assert [(s.t_s, s.t_e) for s in ddim.steps] == [(s.t_s, s.t_e) for s in aias.steps]
     shape = (2, 4, 8, 8)
     z_bg = torch.randn(shape, dtype=F64, generator=torch.Generator().manual_seed(9))
@@ -123,8 +124,8 @@ def test_ddim_eta0_and_plms_follow_the_deterministic_ode():
     ab = SCH.alphas_cumprod
     eps = (x_T - ab[981].sqrt() * x0) / (1 - ab[981]).sqrt()
     expect = ab[0].sqrt() * x0 + (1 - ab[0]).sqrt() * eps
-    ddim = DDIMSampler(SCH, steps=50)
-    plms = PLMSSampler(SCH, steps=50)
+    ddim = DDIMSteps(SCH, steps=50)
+    plms = PLMSSteps(SCH, steps=50)
     den = FixedX0(SCH, x0)
     out_d = ddim.sample(den, x_T.shape, x_T=x_T)
     den_p = FixedX0(SCH, x0)
@@ -154,7 +155,7 @@ def test_samplers_run_end_to_end_float32(name, steps, nfe):
 
 def test_plms_rejects_eta():
     with pytest.raises(ValueError):
-        PLMSSampler(SCH, eta=0.5)
+        PLMSSteps(SCH, eta=0.5)
     with pytest.raises(ValueError):
         build_sampler("plms", SCH, steps=10, eta=1.0)
 
@@ -325,7 +326,7 @@ def test_compvis_ddim_adapter_matches_core_and_returns_intermediates():
     assert samples.shape == (2, 4, 8, 8)
     assert set(inter) == {"x_inter", "pred_x0"} and len(inter["x_inter"]) == len(inter["pred_x0"]) == 6
     assert sampler.ddim_timesteps.tolist() == list(range(1, 1000, 50))
-    core = DDIMSampler(SCH, steps=20, eta=0.5)
+    core = DDIMSteps(SCH, steps=20, eta=0.5)
     ref = core.sample(lambda x, t: model.apply_model(x, t, cond), (2, 4, 8, 8), rng=BatchRNG([1, 2]))
     assert torch.allclose(samples, ref, atol=1e-6)
 

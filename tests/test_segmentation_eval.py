@@ -44,7 +44,7 @@ def test_scan_pairs_accepts_three_levels(world):
     assert len(scan_pairs(pairs, "widget")) == 6
     assert len(scan_pairs(pairs / "widget")) == 6
     one = scan_pairs(pairs / "widget" / "bump")
-    assert len(one) == 3 and {r.sample for r in one} == {"widget"} and {r.anomaly for r in one} == {"bump"}
+    assert len(one) == 3 and {r.category for r in one} == {"widget"} and {r.defect for r in one} == {"bump"}
 
 
 def test_scan_pairs_missing_mask(tmp_path):
@@ -111,7 +111,7 @@ def test_unet_shapes():
 
 def test_end_to_end_train_evaluate_checkpoint(world, tmp_path, capsys):
     tree, pairs = world
-    from scripts.train_segmenter import main
+    from ldm.segmentation.train_on_pairs import cli as main
 
     out = tmp_path / "run"
     assert main(["--pairs", str(pairs), "--dataset_root", str(tree), "--category", "widget", "--out", str(out),
@@ -155,7 +155,7 @@ def test_segformer_from_config_and_checkpoint_spec(tmp_path):
 
 def test_train_segmenter_errors(world, tmp_path, capsys):
     tree, pairs = world
-    from scripts.train_segmenter import main
+    from ldm.segmentation.train_on_pairs import cli as main
 
     assert main(["--pairs", str(tmp_path / "none"), "--dataset_root", str(tree), "--category", "widget",
                  "--out", str(tmp_path), *TINY]) == 2
@@ -166,14 +166,38 @@ def test_train_segmenter_errors(world, tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
 
 
+def test_compare_options_are_its_flags_and_share_the_segmenter_recipe():
+    """Every CompareOptions field is one flag of compare_synthesizers.py (the recipe's fields included, declared
+    once in SegmenterOptions and shared with train_segmenter.py); parsing gives the options object the run uses."""
+    import dataclasses
+
+    from ldm.segmentation.compare import CompareOptions, get_parser
+    from ldm.segmentation.recipe import SegmenterOptions
+    from ldm.segmentation.train_on_pairs import TrainOnPairsOptions
+    from ldm.segmentation.train_on_pairs import get_parser as train_parser
+    from utils.options import options_from_args
+
+    dests = {a.dest for a in get_parser()._actions} - {"help"}
+    assert dests == {f.name for f in dataclasses.fields(CompareOptions)}
+    recipe = {f.name for f in dataclasses.fields(SegmenterOptions)}
+    assert recipe <= dests and recipe <= {a.dest for a in train_parser()._actions}
+    a = options_from_args(CompareOptions, get_parser().parse_args(
+        ["--out", "o", "--generated", "x=1", "--generated", "y=2", "--quiet", "--steps", "7", "--lr", "0.001"]))
+    assert a == CompareOptions(out="o", generated=["x=1", "y=2"], quiet=True, steps=7, lr=0.001)
+    assert (a.size, a.n_samples, a.arch, a.mask_source, a.allow_leak) == (None, 500, "unet", "native", False)
+    t = options_from_args(TrainOnPairsOptions, train_parser().parse_args(
+        ["--pairs", "p", "--dataset_root", "d", "--category", "c", "--out", "o"]))
+    assert (t.size, t.examples, t.layout) == (256, 6, "mvtec")
+
+
 def test_compare_synthesizers_tiny(world, tmp_path, capsys):
     tree, pairs = world
-    from scripts.compare_synthesizers import main
+    from ldm.segmentation.compare import cli as main
 
     fast_dir = tmp_path / "fast"                                     # FAST pairs for one category only
     for r in scan_pairs(pairs, "widget"):
         for sub in ("image", "mask", "image-mask-ori"):
-            dst = fast_dir / "widget" / r.anomaly / sub / r.image.name
+            dst = fast_dir / "widget" / r.defect / sub / r.image.name
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes((r.image.parent.parent / sub / r.image.name).read_bytes())
     out = tmp_path / "cmp"

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import main as main_mod
 from ldm.data.texture_ad import build_texture_ad
 from ldm.models.diffusion.adaptor import MGA
-from ldm.models.diffusion.samplers import MaskGuidance, build_sampler
+from ldm.models.diffusion.sampler_registry import build_sampler
+from ldm.models.diffusion.samplers import MaskGuidance
 from ldm.models.diffusion.samplers.rng import BatchRNG
 from ldm.models.diffusion.samplers.stage import STAGESampler, explicit_mask, stage_boundaries
 from ldm.models.diffusion.schedule import NoiseSchedule

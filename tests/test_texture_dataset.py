@@ -139,7 +139,7 @@ def test_wild_family_changes_pixels_only_inside_its_exact_mask(defect):
 
 
 def test_build_script_family_flag(tmp_path):
-    from scripts.build_texture_dataset import main
+    from ldm.data.texture_ad import cli as main
 
     assert main(["--out", str(tmp_path / "w"), "--family", "wild", "--textures", "brick", "--size", "32",
                  "--train-good", "1", "--test-good", "1", "--per-defect", "1"]) == 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import scripts.train_all as train_all
+import ldm.train_all as train_all
 from tests.fixtures_data import make_mvtec
 from utils.errors import UserError
 

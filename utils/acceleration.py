@@ -1,6 +1,7 @@
 """How the networks run: numeric precision and compilation, in one place for generation and training.
 
-``Acceleration(precision, compile)`` is what ``--precision {fp32,bf16}`` and ``--compile`` mean everywhere:
+``Acceleration(precision, compile)`` is what ``--precision {fp32,bf16}`` and ``--compile`` mean everywhere
+(``precision_option`` / ``compile_option``: the options' one declaration, help text included):
 
 - ``bf16``: the networks (UNet, FARM, adaptor, encoder and decoder of the first stage) run under
   ``torch.autocast(dtype=bfloat16)``; the sampler's state and its closed-form updates
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+
+from utils.options import option
 
 PRECISIONS = ("fp32", "bf16")
 LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed"}
@@ -124,16 +127,20 @@ def describe(accel: Acceleration, device) -> str:
     return s
 
 
-def add_cli_flags(parser, training: bool = False) -> None:
-    """``--precision`` (and, for generation, ``--compile``), with the same meaning on every command."""
+def precision_option(training: bool = False, **meta):
+    """The ``--precision`` option of a job's options dataclass (``utils.options.option``), with the same
+    meaning on every command. Training: default None (the config's ``lightning.trainer.precision``, else
+    fp32). ``meta``: further metadata (e.g. ``pixel=True`` for generation)."""
     if training:
-        parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                            help="fp32 or bf16 (Lightning bf16-mixed: bf16 autocast, fp32 weights and optimizer); "
-                                 "default: the config's lightning.trainer.precision, else fp32")
-        return
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32 (default) or bf16: the networks run under bfloat16 autocast; the sampler "
-                             "state and the background paste stay float32 (bf16 pays off on GPUs only)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the UNet and FARM (CUDA graphs on a GPU; the first batch pays "
-                             "the compilation)")
+        return option(None, help="fp32 or bf16 (Lightning bf16-mixed: bf16 autocast, fp32 weights and optimizer); "
+                                 "default: the config's lightning.trainer.precision, else fp32",
+                      choices=PRECISIONS, **meta)
+    return option("fp32", help="fp32 (default) or bf16: the networks run under bfloat16 autocast; the sampler "
+                               "state and the background paste stay float32 (bf16 pays off on GPUs only)",
+                  choices=PRECISIONS, **meta)
+
+
+def compile_option(**meta):
+    """The ``--compile`` flag of a generation job's options dataclass (``utils.options.option``)."""
+    return option(False, help="torch.compile the UNet and FARM (CUDA graphs on a GPU; the first batch pays "
+                              "the compilation)", **meta)

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from utils.atomic import atomic_path
+from utils.images import float_to_uint8
 from utils.plots import font
 
 # anchor colours of a dark-to-bright heat map (black → purple → red → yellow → white)
@@ -29,10 +30,10 @@ def heatmap(prob: np.ndarray) -> np.ndarray:
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """H×W×3 float in [-1, 1] (project convention), H×W {0,1} mask, or uint8 → H×W×3 uint8."""
     a = np.asarray(image)
-    if a.dtype != np.uint8:
-        a = a.astype(np.float32)
-        a = (a + 1.0) * 127.5 if a.ndim == 3 else a * 255.0
-        a = np.clip(a + 0.5, 0, 255).astype(np.uint8)
+    if a.dtype != np.uint8 and a.ndim == 3:
+        a = float_to_uint8(a)
+    elif a.dtype != np.uint8:
+        a = np.clip(a.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     return a[..., :3]

@@ -17,8 +17,11 @@ def float_to_uint8(a) -> np.ndarray:
     return np.clip((np.asarray(a, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
-def uint8_to_float(a) -> np.ndarray:
-    """uint8 pixels as float32 in [-1, 1]: a / 127.5 − 1 (the CompVis convention)."""
+def uint8_to_float(a):
+    """uint8 pixels as float32 in [-1, 1]: a / 127.5 − 1 (the CompVis convention). A torch tensor stays
+    a tensor on its device (the input range of LPIPS and Inception); anything else becomes an array."""
+    if isinstance(a, torch.Tensor):
+        return a.float() / 127.5 - 1.0
     return np.asarray(a).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 

@@ -3,7 +3,7 @@
 Why local: both need pretrained networks that cannot be downloaded here, so the arithmetic is kept
 apart from the networks. :func:`inception_score` works on class probabilities and
 :func:`ic_lpips` on any pairwise ``distance`` callable, so both are testable against closed forms;
-``scripts/generation_quality.py`` plugs in the Inception-v3 classifier
+``ldm/quality/generative_folders.py`` (``scripts/generation_quality.py``) plugs in the Inception-v3 classifier
 (``ldm/modules/inception.py``) and LPIPS (``taming/modules/losses/lpips.py``) from local weights.
 
 Protocol (per category/defect type):
@@ -201,11 +201,8 @@ def load_images_uint8(paths: Sequence[Union[str, os.PathLike]], size: Optional[i
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def to_minus1_1(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (0..255) → float32 in [-1, 1], the input range of LPIPS and :class:`InceptionV3`."""
-    return images.float() / 127.5 - 1.0
-
-
 def load_png_folder(folder: Union[str, os.PathLike], size: Optional[int] = None) -> torch.Tensor:
-    """All PNGs of ``folder`` as an N×3×H×W float tensor in [-1, 1]."""
-    return to_minus1_1(load_images_uint8(list_pngs(folder), size))
+    """All PNGs of ``folder`` as an N×3×H×W float tensor in [-1, 1] (``utils.images.uint8_to_float``)."""
+    from utils.images import uint8_to_float
+
+    return uint8_to_float(load_images_uint8(list_pngs(folder), size))

@@ -1,4 +1,5 @@
-"""Generation-quality numbers that need no segmenter, computed from a pairs folder alone.
+"""Generation-quality numbers that need no segmenter, computed from a pair's pixels alone (a whole
+folder's means: ``ldm.quality.folders``).
 
 Why: a downstream score mixes synthesis quality with segmenter training noise.  These three
 numbers isolate what a synthesizer does to the pixels, using the ``image-mask-ori`` strip
@@ -18,13 +19,11 @@ numbers isolate what a synthesizer does to the pixels, using the ``image-mask-or
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ldm.data.io import list_image_files, load_image_uint8
 
 PSNR_CAP = 100.0
 """PSNR of identical backgrounds (MSE = 0) is reported as this many dB instead of infinity."""
@@ -68,7 +67,8 @@ def anomaly_saliency(generated, original, mask, ring: int = 8) -> dict:
     return {"inside_diff": inside, "ring_diff": around, "saliency": inside - around}
 
 
-def _small(a: np.ndarray, size: int) -> np.ndarray:
+def area_downsample(a: np.ndarray, size: int) -> np.ndarray:
+    """The image (uint8 or [-1, 1] float) area-averaged to size×size, float64 in [0, 1] (for diversity)."""
     im = Image.fromarray(np.clip(_unit(a) * 255 + 0.5, 0, 255).astype(np.uint8))
     return np.asarray(im.resize((size, size), Image.BOX), np.float64) / 255.0
 
@@ -92,42 +92,3 @@ def split_strip(strip: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise ValueError(f"image-mask-ori strip width {w3} is not a multiple of 3")
     w = w3 // 3
     return strip[:, :w], strip[:, w:2 * w].mean(axis=-1) > 127.5, strip[:, 2 * w:]
-
-
-def folder_quality(anomaly_dir, margin: int = 2, ring: int = 8, max_samples: int = 50,
-                   diversity_size: int = 64) -> dict:
-    """All quality numbers for one ``<sample>/<anomaly>`` folder (means over its strips)."""
-    anomaly_dir = Path(anomaly_dir)
-    strips = list_image_files(anomaly_dir / "image-mask-ori")
-    if not strips:
-        raise ValueError(f"no image-mask-ori strips in {anomaly_dir}")
-    pick = sorted(set(np.linspace(0, len(strips) - 1, min(max_samples, len(strips))).round().astype(int)))
-    rows, small_g, small_r = [], [], []
-    for i in pick:
-        g, m, o = split_strip(load_image_uint8(strips[i]))
-        rows.append({**background_preservation(g, o, m, margin), **anomaly_saliency(g, o, m, ring),
-                     "mask_area": float(m.mean())})
-        sg, so = _small(g, diversity_size), _small(o, diversity_size)
-        small_g.append(sg)
-        small_r.append(sg - so)
-
-    def mean(key):
-        vals = [r[key] for r in rows if not math.isnan(r[key])]
-        return float(np.mean(vals)) if vals else math.nan
-
-    out = {k: mean(k) for k in ("bg_mae", "bg_psnr", "inside_diff", "ring_diff", "saliency", "mask_area")}
-    out.update(diversity_image=mean_pairwise_rms(small_g), diversity_residual=mean_pairwise_rms(small_r),
-               n_samples=len(rows), n_total=len(strips))
-    return out
-
-
-def pairs_quality(root, sample_name: str | None = None, **kwargs) -> dict:
-    """``{"<sample>/<anomaly>": folder_quality(...)}`` for every anomaly folder under a pairs root."""
-    root = Path(root)
-    out = {}
-    for s in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if sample_name is not None and s.name != sample_name:
-            continue
-        for a in sorted(p for p in s.iterdir() if (p / "image-mask-ori").is_dir()):
-            out[f"{s.name}/{a.name}"] = folder_quality(a, **kwargs)
-    return out

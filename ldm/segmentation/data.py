@@ -13,76 +13,29 @@ Why these choices:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from ldm.data.io import IMAGE_EXTENSIONS, is_image_file, load_image, load_mask, natural_key
+from ldm.data.io import load_image, load_mask
 from ldm.data.layouts import CategoryIndex, split_anomalies
-from utils.errors import InputNotFound, UserError
+from ldm.pairs import PairFiles, read_pairs
+from utils.errors import UserError
 
 EVAL_SET_DESCRIPTION = "real held-out anomalies (evaluation side of the split) + test/good"
 
 
-@dataclass(frozen=True)
-class PairRecord:
-    """One generated pair of the generate_with_mask layout ``<sample>/<anomaly>/{image,mask}/<n>.png``."""
-
-    image: Path
-    mask: Path
-    sample: str
-    anomaly: str
+def scan_pairs(root, sample_name: str | None = None) -> list[PairFiles]:
+    """All complete pairs under ``root`` (the output root, one category folder, or one category/defect
+    folder), folder by folder in natural order, read by ``ldm.pairs.read_pairs``; ``sample_name`` keeps
+    that category only. Empty when there is none."""
+    return [p for folder in read_pairs(root, sample_name) for p in folder.pairs]
 
 
-def _pairs_in(anomaly_dir: Path, sample: str, anomaly: str) -> list[PairRecord]:
-    img_dir, mask_dir = anomaly_dir / "image", anomaly_dir / "mask"
-    if not mask_dir.is_dir():
-        raise InputNotFound(f"pairs folder without mask/: {mask_dir}")
-    masks = {p.stem: p for p in mask_dir.iterdir() if is_image_file(p, IMAGE_EXTENSIONS)}
-    out = []
-    for img in sorted((p for p in img_dir.iterdir() if is_image_file(p, IMAGE_EXTENSIONS)),
-                      key=lambda p: natural_key(p.name)):
-        if img.stem not in masks:
-            raise InputNotFound(f"generated image without mask: {img} (expected {mask_dir / img.stem}.png)")
-        out.append(PairRecord(img, masks[img.stem], sample, anomaly))
-    return out
-
-
-def scan_pairs(root, sample_name: str | None = None) -> list[PairRecord]:
-    """All pairs under ``root``: the output root, one ``<sample>`` folder, or one ``<anomaly>`` folder.
-
-    ``sample_name`` keeps only that sample (category) when ``root`` is the output root.  Folders are
-    visited in natural order, so the result is deterministic.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise InputNotFound(f"pairs folder not found: {root}")
-    if (root / "image").is_dir():
-        return _pairs_in(root, root.parent.name, root.name)
-
-    def subdirs(p: Path) -> list[Path]:
-        return sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                      key=lambda d: natural_key(d.name))
-
-    if any((d / "image").is_dir() for d in subdirs(root)):          # root is one sample folder
-        if sample_name is not None and root.name != sample_name:
-            raise UserError(f"pairs folder {root} is sample '{root.name}', not '{sample_name}'")
-        return [r for d in subdirs(root) if (d / "image").is_dir() for r in _pairs_in(d, root.name, d.name)]
-    out = []
-    for s in subdirs(root):
-        if sample_name is not None and s.name != sample_name:
-            continue
-        for d in subdirs(s):
-            if (d / "image").is_dir():
-                out.extend(_pairs_in(d, s.name, d.name))
-    return out
-
-
-def split_validation(records: Sequence[PairRecord], fraction: float, seed: int = 0
-                     ) -> tuple[list[PairRecord], list[PairRecord]]:
+def split_validation(records: Sequence[PairFiles], fraction: float, seed: int = 0
+                     ) -> tuple[list[PairFiles], list[PairFiles]]:
     """(train, val) from synthetic pairs only; a seeded shuffle, at least one pair each side when possible."""
     records = list(records)
     if fraction <= 0 or len(records) < 2:
@@ -99,7 +52,7 @@ def split_validation(records: Sequence[PairRecord], fraction: float, seed: int =
 class PairsDataset(Dataset):
     """Synthetic pairs as ``{"image" HWC [-1,1], "mask" HW {0,1}, "label", "name", "path"}`` (validation use)."""
 
-    def __init__(self, records: Sequence[PairRecord], size=256):
+    def __init__(self, records: Sequence[PairFiles], size=256):
         self.records, self.size = list(records), size
 
     def __len__(self) -> int:
@@ -109,7 +62,7 @@ class PairsDataset(Dataset):
         r = self.records[i]
         mask = load_mask(r.mask, self.size)
         return {"image": load_image(r.image, self.size), "mask": mask, "label": int(mask.any()),
-                "name": f"{r.sample}+{r.anomaly}", "path": str(r.image)}
+                "name": f"{r.category}+{r.defect}", "path": str(r.image)}
 
 
 class MixedTrainSet(Dataset):
@@ -120,7 +73,7 @@ class MixedTrainSet(Dataset):
     the flips of AnomalyDiffusion's ``data_enhance``.
     """
 
-    def __init__(self, pairs: Sequence[PairRecord], normal_paths: Sequence[Path], size=256, length: int = 1000,
+    def __init__(self, pairs: Sequence[PairFiles], normal_paths: Sequence[Path], size=256, length: int = 1000,
                  normal_ratio: float = 0.5, seed: int = 0, augment: bool = True):
         if not 0.0 <= normal_ratio <= 1.0:
             raise UserError(f"normal_ratio must be in [0, 1], got {normal_ratio}")

@@ -3,11 +3,14 @@
 Generation is the library's own batch step (``ldm.generation.generate_batch``, what
 ``generate_pairs`` runs for every batch) plus ``load_run`` and ``PairWriter``, so a
 pair made here is the pair ``generate_with_mask.py`` would make from the same image, mask and seed.
+The page's generation controls are the ``studio`` fields of the options class
+(``ldm.generation.GenerationOptions``; ``studio_controls``).
 
 Bad input raises ``utils.errors.UserError`` with a one-line message the page shows.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import math
@@ -16,17 +19,18 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from ldm.generation import TrainSettings
+from ldm.data.mask_source import MASK_SOURCES as LIBRARY_MASK_SOURCES
+from ldm.data.mask_source import mask_source
+from ldm.generation import GenerationOptions, TrainSettings
 from utils.errors import InputNotFound, UserError
+from utils.options import field_default, fields_with
 
-SAMPLERS = ("aias", "ddim", "plms", "ddpm")
-MASK_SOURCES = ("real", "augmented", "perlin", "generated", "pairs")
+MASK_SOURCES = (*LIBRARY_MASK_SOURCES, "pairs")  # pairs: the masks of pairs already generated for the defect
 EDITOR_PX = 512          # the editor shows the image at an integer scale of at least this many pixels
-MAX_BATCH = 16
 UPLOADS = ".studio-uploads"  # hidden: pairs-folder readers (ldm.export) skip dot-folders
 
 
@@ -143,15 +147,6 @@ def find_runs(run) -> tuple[list, list]:
 
 
 # ---------------------------------------------------------------------------------------------- images
-def to_uint8(a: np.ndarray) -> np.ndarray:
-    """float H×W×3 in [-1, 1] → the uint8 pixels a PNG of it holds (the rounding ``save_png_atomic`` uses)."""
-    return np.clip((np.asarray(a, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-
-
-def to_float(a: np.ndarray) -> np.ndarray:
-    return (np.asarray(a, np.float32) / 127.5 - 1.0).astype(np.float32)
-
-
 def editor_scale(size: int) -> int:
     """The integer factor the editor shows a ``size`` image at (nearest neighbour: one image pixel is
     exactly a k×k block of the editor, so a painted block maps back to one pixel)."""
@@ -236,6 +231,82 @@ def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+# ------------------------------------------------------------------------------------------ controls
+@dataclass(frozen=True)
+class Control:
+    """One generation control of the page: an option (``field``) of the options class that its metadata
+    ``studio`` exposes, as ``True`` or as a mapping of: ``label``, ``default`` (the studio's own),
+    ``choices``, ``toggle`` (the option's values when ticked / not: a checkbox), ``minimum`` (a hint to
+    the widget; the library checks the value), ``range`` ((lo, hi): a slider, checked here), ``name``
+    (its keyword in ``Studio.generate`` and element id ``studio-<name>``), ``what`` (its name in
+    messages), ``order`` (its place on the page and in the page's API)."""
+
+    field: str
+    name: str
+    label: str
+    default: Any
+    choices: Optional[tuple] = None
+    toggle: Optional[tuple] = None
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    what: str = ""
+
+    @property
+    def kind(self) -> str:
+        """The widget: ``checkbox``, ``dropdown``, ``slider``, ``integer``, ``number`` or ``text``."""
+        if self.toggle is not None or isinstance(self.default, bool):
+            return "checkbox"
+        if self.choices is not None:
+            return "dropdown"
+        if isinstance(self.default, int):
+            return "slider" if self.maximum is not None else "integer"
+        return "number" if isinstance(self.default, float) else "text"
+
+    def value(self, v):
+        """The option's value for the control's value ``v``; ``UserError`` for one the option cannot take."""
+        if self.toggle is not None:
+            return self.toggle[0] if v else self.toggle[1]
+        kind = self.kind
+        if kind == "checkbox":
+            return bool(v)
+        if kind == "dropdown":
+            if v not in self.choices:
+                raise UserError(f"{self.what} must be one of {', '.join(map(str, self.choices))}, got {v!r}")
+            return v
+        if kind in ("slider", "integer"):
+            v = _int(v, self.what)
+            if self.maximum is not None and not self.minimum <= v <= self.maximum:
+                raise UserError(f"{self.what} must be {self.minimum}..{self.maximum}, got {v}")
+            return v
+        if kind == "number":
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                raise UserError(f"{self.what} must be a number, got {v!r}") from None
+            if not math.isfinite(f):
+                raise UserError(f"{self.what} must be a number, got {v!r}")
+            return f
+        return str(v)
+
+
+def studio_controls(cls=GenerationOptions) -> list[Control]:
+    """The page's generation controls: one per ``studio`` field of the options class ``cls``, in their
+    ``order`` (fields without one last, in field order)."""
+    controls = []
+    for i, f in enumerate(fields_with(cls, "studio")):
+        how = f.metadata["studio"] if isinstance(f.metadata["studio"], dict) else {}
+        lo, hi = how.get("range", (how.get("minimum"), None))
+        name = how.get("name", f.name)
+        default = how.get("default", field_default(f))
+        if how.get("toggle") is not None:
+            default = default == how["toggle"][0]
+        choices = how.get("choices", f.metadata.get("choices"))
+        controls.append((how.get("order", math.inf), i, Control(
+            f.name, name, how.get("label", f.name), default, tuple(choices) if choices is not None else None,
+            tuple(how["toggle"]) if how.get("toggle") is not None else None, lo, hi, how.get("what", name))))
+    return [c for _, _, c in sorted(controls, key=lambda t: t[:2])]
+
+
 # ------------------------------------------------------------------------------------------ one batch
 @dataclass
 class Pair:
@@ -254,19 +325,25 @@ class Batch:
     seconds: float
     nfe: int
     device: str
-    settings: dict         # sampler, steps, farm_mode, seed, ... (for keep: synthesis.json + meta)
+    settings: dict         # each control's option (sampler, steps, ...) and weight_idx (keep: synthesis.json + meta)
     normal_image: str      # path of the normal image (dataset file or the saved upload)
     mask_origin: str
     notes: list = field(default_factory=list)
 
 
 class Studio:
-    """State shared by every browser session: the runs found, loaded models (cached), the pairs folder."""
+    """State shared by every browser session: the runs found, loaded models (cached), the pairs folder.
+
+    ``generated``: the pairs root whose masks the ``pairs`` mask source draws before ``out``'s
+    (``scripts/studio.py`` defaults it to the demo's ``generated/fast``). ``options_class``: the
+    generation options (its ``studio`` fields are the page's controls)."""
 
     def __init__(self, run, out, device: Optional[str] = None, data_root: Optional[str] = None,
                  generated: Optional[str] = None, mask_model: Optional[str] = None, max_models: int = 2,
-                 log=print):
+                 log=print, options_class=GenerationOptions):
         self.runs, self.problems = find_runs(run)
+        self.options_class = options_class
+        self.controls = studio_controls(options_class)
         self.out = Path(out)
         self.data_root = data_root
         self.generated = generated
@@ -296,28 +373,29 @@ class Studio:
             return torch.device(self.device)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    def options(self, info: RunInfo, sampler: str = "aias", steps: int = 10, seed: int = 0, farm: bool = True,
-                n: int = 1):
-        from ldm.generation import GenerationOptions, validate
+    def options(self, info: RunInfo, **settings):
+        """The options of one batch: each control's value from ``settings`` (by control name; its default
+        when absent), checked; the batch is ``n_samples`` pairs through the network at once."""
+        from ldm.generation import validate
 
-        if sampler not in SAMPLERS:
-            raise UserError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-        steps, seed, n = _int(steps, "steps"), _int(seed, "seed"), _int(n, "batch size")
-        if not 1 <= n <= MAX_BATCH:
-            raise UserError(f"batch size must be 1..{MAX_BATCH}, got {n}")
-        opt = GenerationOptions(pt_path=str(info.pt_path), sample_name=info.category, anomaly_name=info.defect,
-                                data_root=str(self.dataset_root(info)), outdir=str(self.out), sampler=sampler,
-                                steps=steps, seed=seed, farm_mode="input" if farm else "off", n_samples=n,
-                                batch_size=n, device=self.device, progress=False)
+        unknown = sorted(set(settings) - {c.name for c in self.controls})
+        if unknown:
+            raise TypeError(f"unknown studio setting(s) {', '.join(unknown)}; the controls are "
+                            f"{', '.join(c.name for c in self.controls)}")
+        values = {c.field: c.value(settings.get(c.name, c.default)) for c in self.controls}
+        opt = self.options_class(pt_path=str(info.pt_path), sample_name=info.category, anomaly_name=info.defect,
+                                 data_root=str(self.dataset_root(info)), outdir=str(self.out), device=self.device,
+                                 progress=False, **values)
+        opt = dataclasses.replace(opt, batch_size=opt.n_samples)
         validate(opt)
-        if sampler == "aias" and steps <= opt.refine_steps:
+        if opt.sampler == "aias" and opt.steps <= opt.refine_steps:
             raise UserError(f"AIAS needs more than {opt.refine_steps} steps (its {opt.refine_steps} refinement "
-                            f"steps come last), got {steps}")
+                            f"steps come last), got {opt.steps}")
         return opt
 
     def load(self, info: RunInfo):
         """The run's model (``ldm.generation.load_run``), loaded once and cached."""
-        from ldm.generation import GenerationOptions, load_run
+        from ldm.generation import load_run
 
         key = (str(info.pt_path.resolve()), info.steps[-1])
         if key in self._models:
@@ -325,8 +403,9 @@ class Studio:
         else:
             while len(self._models) >= self.max_models:  # each run is a whole model: bound the memory
                 self._models.pop(next(iter(self._models)))
-            opt = GenerationOptions(pt_path=str(info.pt_path), sample_name=info.category, anomaly_name=info.defect,
-                                    data_root=str(self.dataset_root(info)), device=self.device, progress=False)
+            opt = self.options_class(pt_path=str(info.pt_path), sample_name=info.category,
+                                     anomaly_name=info.defect, data_root=str(self.dataset_root(info)),
+                                     device=self.device, progress=False)
             t0 = time.perf_counter()
             self._models[key] = load_run(opt, self.torch_device())
             self.log(f"[studio] loaded {info.key} (step {info.steps[-1]}) on {self.torch_device()} "
@@ -360,26 +439,28 @@ class Studio:
 
     def draw_mask(self, info: RunInfo, kind: str, index: int) -> tuple[np.ndarray, str]:
         """Mask ``index`` of a mask source at the run's size: ``real``/``augmented`` (generator side of the
-        run's split), ``perlin``, ``generated`` (sampled from a mask model, ``--mask_model``: the library's
-        ``mask_source("generated")``) or ``pairs`` (masks of pairs already generated for this defect)."""
-        from ldm.generation import mask_source
+        run's split), ``perlin``, ``generated`` (sampled from a mask model, ``--mask_model``) or ``pairs``
+        (masks of pairs already generated for this defect); the library's ``ldm.data.mask_source``."""
         from ldm.pairs import derive_seed
 
         index = _int(index, "mask number")
         if index < 0:
             raise UserError(f"mask number must be >= 0, got {index}")
         seed = derive_seed(0, info.category, info.defect)
-        split = str(info.train.get("anomaly_split", "third"))
+        parts = dict(layout=info.layout, split=info.anomaly_split, category=info.category, defect=info.defect)
         if kind == "generated":
-            source = self.mask_model_source(info, seed, split)
+            if not self.mask_model:
+                raise UserError("mask source 'generated' needs a mask model: start the studio with --mask_model "
+                                "<mask run>/checkpoints")
+            source = mask_source("generated", info.size, seed, mask_model=str(self.mask_model), name=info.key,
+                                 **parts)
         elif kind == "pairs":
-            folder = self.generated_masks(info)
-            source = mask_source("real", folder, info.size, seed, info.layout, split, info.category, info.defect)
+            source = mask_source("real", info.size, seed, mask_path=self.generated_masks(info), **parts)
         elif kind in ("real", "augmented"):
             path = self.dataset_root(info) / info.category / "ground_truth" / info.defect
-            source = mask_source(kind, path, info.size, seed, info.layout, split, info.category, info.defect)
+            source = mask_source(kind, info.size, seed, mask_path=path, **parts)
         elif kind == "perlin":
-            source = mask_source("perlin", None, info.size, seed, info.layout, split, info.category, info.defect)
+            source = mask_source("perlin", info.size, seed, **parts)
         else:
             raise UserError(f"mask source must be one of {', '.join(MASK_SOURCES)}, got {kind!r}")
         try:
@@ -388,31 +469,11 @@ class Studio:
             raise UserError(str(e)) from None
         return mask, origin
 
-    def mask_model_source(self, info: RunInfo, seed: int, split: str):
-        """Masks sampled from a mask model run (``--mask_model``) through ``ldm.generation.mask_source``."""
-        import dataclasses
-        import inspect
-
-        from ldm.generation import GenerationOptions, mask_source
-
-        if "opt" not in inspect.signature(mask_source).parameters or \
-                "mask_model" not in {f.name for f in dataclasses.fields(GenerationOptions)}:
-            raise UserError("mask source 'generated' needs a mask model, which this version of ldm/generation.py "
-                            "does not support; use real, augmented, perlin or pairs")
-        if not self.mask_model:
-            raise UserError("mask source 'generated' needs a mask model: start the studio with --mask_model "
-                            "<mask run>/checkpoints")
-        opt = GenerationOptions(pt_path=str(info.pt_path), sample_name=info.category, anomaly_name=info.defect,
-                                data_root=str(self.dataset_root(info)), mask_source="generated",
-                                mask_model=str(self.mask_model), progress=False)
-        return mask_source("generated", None, info.size, seed, info.layout, split, info.category, info.defect,
-                           opt=opt, name=info.key)
-
     def generated_masks(self, info: RunInfo) -> Path:
-        """``mask/`` of a pairs folder for this defect: ``--generated`` (a pairs root), the demo's
-        ``generated/fast`` beside ``logs/``, or the studio's own pairs folder."""
+        """``mask/`` of a pairs folder for this defect: in ``generated`` (a pairs root), else in the studio's
+        own pairs folder."""
         roots = [Path(self.generated)] if self.generated else []
-        roots += [info.run_dir.parent.parent.parent / "generated" / "fast", self.out]
+        roots += [self.out]
         for root in roots:
             folder = root / info.category / info.defect / "mask"
             if folder.is_dir() and any(folder.iterdir()):
@@ -434,14 +495,18 @@ class Studio:
                             "larger region")
 
     def generate(self, key: str, image: np.ndarray, mask: np.ndarray, normal_image: str, mask_origin: str,
-                 sampler: str = "aias", steps: int = 10, seed: int = 0, farm: bool = True, n: int = 4) -> Batch:
-        """``n`` pairs from one normal image (uint8 at the run's size) and one mask ({0, 1} at that size)."""
+                 **settings) -> Batch:
+        """A batch of pairs from one normal image (uint8 at the run's size) and one mask ({0, 1} at that
+        size); ``settings``: the controls' values by name (``sampler``, ``steps``, ``seed``, ``farm``, ``n``
+        pairs, ...; ``studio_controls``)."""
 
         from ldm.generation import generate_batch
         from ldm.pairs import pair_scores
+        from utils.images import float_to_uint8, uint8_to_float
 
         info = self.info(key)
-        opt = self.options(info, sampler, steps, seed, farm, n)
+        opt = self.options(info, **settings)
+        n = opt.n_samples
         image = np.asarray(image)
         mask = (np.asarray(mask) > 0.5).astype(np.float32)
         if image.shape != (info.size, info.size, 3) or mask.shape != (info.size, info.size):
@@ -453,28 +518,28 @@ class Studio:
             latent = int(model.image_size)
             self.check_mask(info, mask, latent)
             t0 = time.perf_counter()
-            out, done = generate_batch(run, opt, [to_float(image)] * n, [mask] * n, range(n))
+            out, done = generate_batch(run, opt, [uint8_to_float(image)] * n, [mask] * n, range(n))
             kept_alive, seeds = min(done["kept_alive"], 1), done["seeds"]
             seconds = time.perf_counter() - t0
         pairs = []
         for i, (img, s) in enumerate(zip(out, seeds)):
-            u8 = to_uint8(img)
+            u8 = float_to_uint8(img)
             pairs.append(Pair(u8, mask, image, s, i, pair_scores(u8, mask, image)))
         notes = []
         if kept_alive:
             notes.append(f"the mask is thinner than one latent cell ({latent}×{latent} latent): its strongest "
                          "cell was kept so the pair still carries a defect")
-        settings = {"sampler": opt.sampler, "steps": opt.steps, "farm_mode": opt.farm_mode, "seed": opt.seed,
-                    "weight_idx": run.step, "n": n}
-        return Batch(info.key, pairs, seconds, int(done["nfe"]), str(self.torch_device()), settings,
+        used = {**{c.field: getattr(opt, c.field) for c in self.controls}, "weight_idx": run.step}
+        return Batch(info.key, pairs, seconds, int(done["nfe"]), str(self.torch_device()), used,
                      str(normal_image), str(mask_origin), notes)
 
     # -------------------------------------------------------------------------------------- keep
     def keep(self, batch: Batch, indices) -> tuple[Path, list]:
         """Write the chosen pairs of ``batch`` into ``<out>/<category>/<defect>/`` (the standard layout:
         ``ldm.pairs.PairWriter``, ``pairs.csv``, ``synthesis.json``, ``provenance.json``, contact sheet)."""
-        from ldm.generation import GenerationOptions, pixel_settings, provenance, write_contact_sheet
+        from ldm.generation import pixel_settings, provenance, write_contact_sheet
         from ldm.pairs import PairWriter, check_manifest, write_provenance
+        from utils.images import uint8_to_float
 
         if batch is None:
             raise UserError("nothing to keep: generate a batch first")
@@ -488,10 +553,12 @@ class Studio:
         with self._lock:
             run = self.load(info)
         s = batch.settings
-        opt = GenerationOptions(pt_path=str(info.pt_path), sample_name=info.category, anomaly_name=info.defect,
-                                data_root=str(self.dataset_root(info)), outdir=str(self.out),
-                                weight_idx=s["weight_idx"], sampler=s["sampler"], steps=s["steps"],
-                                farm_mode=s["farm_mode"], mask_source="studio", seed=0)
+        # the record holds the batch's pixel options (the seed and the mask are recorded per pair, below)
+        pixel = {f.name for f in fields_with(self.options_class, "pixel")} - {"seed"}
+        opt = self.options_class(pt_path=str(info.pt_path), sample_name=info.category, anomaly_name=info.defect,
+                                 data_root=str(self.dataset_root(info)), outdir=str(self.out),
+                                 weight_idx=s["weight_idx"], mask_source="studio",
+                                 **{c.field: s[c.field] for c in self.controls if c.field in pixel})
         split = run.anomaly_split
         settings = pixel_settings(run, opt, split, info.layout, info.size)
         # the studio varies the seed and the mask pair by pair: both are recorded per pair (meta/, pairs.csv)
@@ -508,7 +575,7 @@ class Studio:
             written = []
             for i in chosen:
                 p = batch.pairs[i]
-                writer.write(n, to_float(p.image), p.mask, to_float(p.original),
+                writer.write(n, uint8_to_float(p.image), p.mask, uint8_to_float(p.original),
                              meta={"normal_image": batch.normal_image, "mask_origin": batch.mask_origin,
                                    "seed": p.seed, "studio_seed": s["seed"], "studio_index": p.index})
                 written.append(n)
@@ -520,7 +587,7 @@ class Studio:
     def export(self, fmt: str, out: Optional[str] = None) -> tuple[Path, dict]:
         """Export everything kept (``ldm.export.export_pairs``) to ``out`` (default ``<pairs>-<fmt>``).
         An earlier export there is replaced; any other non-empty folder is refused."""
-        from ldm.export import FORMATS, MANIFEST, ExportOptions, export_pairs
+        from ldm.export import EXPORT_MANIFEST, FORMATS, ExportOptions, export_pairs
 
         if fmt not in FORMATS:
             raise UserError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -528,7 +595,7 @@ class Studio:
             raise UserError(f"nothing to export: no pairs kept yet in {self.out}")
         target = Path(out) if out else self.out.parent / f"{self.out.name}-{fmt}"
         with keep_lock(self.out):  # a snapshot between keeps (and one export at a time)
-            overwrite = (target / MANIFEST).is_file()
+            overwrite = (target / EXPORT_MANIFEST).is_file()
             manifest = export_pairs(self.out, target, ExportOptions(fmt=fmt), overwrite=overwrite, log=self.log)
         return target, manifest
 

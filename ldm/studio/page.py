@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ldm.studio.core import MASK_SOURCES, SAMPLERS, Studio, editor_scale, mask_from_layers, mask_layer, overlay
+from ldm.studio.core import MASK_SOURCES, Studio, editor_scale, mask_from_layers, mask_layer, overlay
 from ldm.studio.core import display_scale, prepare_upload, upscale
 from utils.cli import user_message
 
@@ -25,6 +25,7 @@ os.environ.setdefault("GRADIO_TELEMETRY_ENABLED", "False")
 
 STATUS_ID = "studio-status"
 CONCURRENCY = 4  # requests of one kind served at once (the model's own: 1)
+CONTROLS_PER_ROW = 3
 CSS = f"""
 #{STATUS_ID} {{ min-height: 2.4em; }}
 #{STATUS_ID} .studio-error {{ color: #b91c1c; font-weight: 600; }}
@@ -114,14 +115,10 @@ def build_page(studio: Studio, title: str = "FAST studio"):
                     draw = gr.Button("draw a mask", elem_id="studio-draw", scale=1)
                     clear = gr.Button("clear mask", elem_id="studio-clear", scale=1)
             with gr.Column(scale=5):
-                with gr.Row():
-                    sampler = gr.Dropdown(list(SAMPLERS), value="aias", label="sampler", elem_id="studio-sampler")
-                    steps = gr.Number(10, precision=0, label="steps (network calls)", minimum=1,
-                                      elem_id="studio-steps")
-                    seed = gr.Number(0, precision=0, label="seed", minimum=0, elem_id="studio-seed")
-                with gr.Row():
-                    n = gr.Slider(1, 16, value=4, step=1, label="pairs per batch", elem_id="studio-n")
-                    farm = gr.Checkbox(True, label="FARM (foreground-aware reconstruction)", elem_id="studio-farm")
+                controls = []  # the options' studio controls, CONTROLS_PER_ROW to a row
+                for i in range(0, len(studio.controls), CONTROLS_PER_ROW):
+                    with gr.Row():
+                        controls += [control_widget(c) for c in studio.controls[i:i + CONTROLS_PER_ROW]]
                 generate = gr.Button("generate", variant="primary", elem_id="studio-generate")
                 gallery = gr.Gallery(label="image | mask | overlay", columns=1, format="png", object_fit="contain",
                                      height="auto", preview=False, elem_id="studio-results", interactive=False)
@@ -177,7 +174,7 @@ def build_page(studio: Studio, title: str = "FAST studio"):
             return editor_value(cur["image"], editor_scale(info.size)), dict(cur, drawn=None), ok("mask cleared")
 
         @guarded(5, 4)
-        def on_generate(key, cur, value, sampler_, steps_, seed_, farm_, n_):
+        def on_generate(key, cur, value, *settings):
             info = studio.info(key)
             cur = _require_image(cur, key)
             layers = (value or {}).get("layers") or []
@@ -186,8 +183,8 @@ def build_page(studio: Studio, title: str = "FAST studio"):
             if cur.get("drawn") is not None:
                 origin = cur["drawn_origin"] if np.array_equal(mask, cur["drawn"]) else \
                     f"painted over {cur['drawn_origin']}"
-            batch = studio.generate(key, cur["image"], mask, cur["normal_image"], origin, sampler_, steps_, seed_,
-                                    farm_, n_)
+            batch = studio.generate(key, cur["image"], mask, cur["normal_image"], origin,
+                                    **{c.name: v for c, v in zip(studio.controls, settings)})
             f = display_scale(info.size)
             items = [(upscale(np.concatenate([p.image, _mask_rgb(p.mask), overlay(p.image, p.mask)], axis=1), f),
                       f"pair {p.index}: score {p.scores['score']:.3f}") for p in batch.pairs]
@@ -216,7 +213,7 @@ def build_page(studio: Studio, title: str = "FAST studio"):
         draw.click(on_draw, [run, current, source, mask_no], [editor, current, status], concurrency_id="model",
                    concurrency_limit=1)
         clear.click(on_clear, [run, current], [editor, current, status])
-        generate.click(on_generate, [run, current, editor, sampler, steps, seed, farm, n],
+        generate.click(on_generate, [run, current, editor, *controls],
                        [gallery, scores, keep_pick, batch_state, status], concurrency_id="model", concurrency_limit=1)
         keep.click(on_keep, [batch_state, keep_pick], [status])
         export.click(on_export, [fmt], [status], concurrency_limit=1)
@@ -224,6 +221,22 @@ def build_page(studio: Studio, title: str = "FAST studio"):
             page.load(on_run, [run], [normal, editor, current, status])
     page.studio_theme, page.studio_css = theme, CSS
     return page
+
+
+def control_widget(c):
+    """The gradio widget of a studio control (``ldm.studio.core.Control``), element id ``studio-<name>``."""
+    import gradio as gr
+
+    kw = dict(label=c.label, elem_id=f"studio-{c.name}")
+    if c.kind == "checkbox":
+        return gr.Checkbox(c.default, **kw)
+    if c.kind == "dropdown":
+        return gr.Dropdown(list(c.choices), value=c.default, **kw)
+    if c.kind == "slider":
+        return gr.Slider(c.minimum, c.maximum, value=c.default, step=1, **kw)
+    if c.kind in ("integer", "number"):
+        return gr.Number(c.default, precision=0 if c.kind == "integer" else None, minimum=c.minimum, **kw)
+    return gr.Textbox(c.default, **kw)
 
 
 def brush_radius(editor_px: int, k: int) -> int:

@@ -2,7 +2,7 @@
 
 ``get_synthesizer(name, size, **kw)`` returns a callable ``(image, mask, rng) -> (image, mask)`` on
 H×W×3 float images in [-1, 1] and H×W {0, 1} masks; ``common.synthesize_pairs`` feeds it from
-``ldm.data.generation.GenerationInputs`` and writes ``<out>/<sample>/<anomaly>/{image,mask,image-mask-ori}``.
+``ldm.data.generation_inputs.GenerationInputs`` and writes ``<out>/<sample>/<anomaly>/{image,mask,image-mask-ori}``.
 """
 from __future__ import annotations
 

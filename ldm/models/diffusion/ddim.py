@@ -1,5 +1,9 @@
 """CompVis-API adapter: ``DDIMSampler(model).sample(S, batch_size, shape, ...)`` on our sampler core.
 
+The import path CompVis scripts use (``from ldm.models.diffusion.ddim import DDIMSampler``, and
+``...plms import PLMSSampler``) keeps working here; the samplers themselves are
+``ldm.models.diffusion.samplers.DDIMSteps`` / ``PLMSSteps`` (the project's own code uses those).
+
 The model must expose ``apply_model(x, t, cond)`` and a ``schedule`` (NoiseSchedule). Note the LDM
 inpainting convention here: ``mask = 1`` KEEPS ``x0``; it is flipped internally to our
 "1 = generate" convention and blended into the network input before every step, as LDM does.
@@ -64,7 +68,7 @@ class DDIMSampler:
 
     def _build_core(self, steps, discretize, eta):
         ts = ddim_timesteps(self.ddpm_num_timesteps, steps, discretize)
-        return _core_ddim.DDIMSampler(self.schedule, timesteps=ts, eta=eta)
+        return _core_ddim.DDIMSteps(self.schedule, timesteps=ts, eta=eta)
 
     def make_schedule(self, ddim_num_steps, ddim_discretize: str = "uniform", ddim_eta: float = 0.,
                       verbose: bool = True):

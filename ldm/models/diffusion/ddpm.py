@@ -336,7 +336,7 @@ class DDPM(pl.LightningModule):
 
     @torch.no_grad()
     def sample(self, batch_size: int = 16, cond=None, sampler: str = "ddim", steps: int = 50, rng=None, **kw):
-        from ldm.models.diffusion.samplers import build_sampler
+        from ldm.models.diffusion.sampler_registry import build_sampler
 
         s = build_sampler(sampler, self.schedule, steps=steps, **kw)
         shape = (batch_size, self.channels, self.image_size, self.image_size)
@@ -604,7 +604,7 @@ class LatentDiffusion(DDPM):
     @torch.no_grad()
     def sample(self, batch_size: int = 16, cond=None, sampler: str = "ddim", steps: int = 50, rng=None,
                latent_shape=None, **kw):
-        from ldm.models.diffusion.samplers import build_sampler
+        from ldm.models.diffusion.sampler_registry import build_sampler
 
         s = build_sampler(sampler, self.schedule, steps=steps, **kw)
         shape = latent_shape or (batch_size, self.channels, self.image_size, self.image_size)

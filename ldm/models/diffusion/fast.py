@@ -26,6 +26,8 @@ from ldm.util import default, instantiate_from_config
 class FAST(MaskedLatentDiffusion):
     # plain-tensor artifacts beside the checkpoints: FARM-{N}.pt, fine-{N}.pt (official names)
     ARTIFACT_MODULES = (("FARM", "FARM"), ("fine", "fine"))
+    # make_guidance's options: FARM re-injection and MaskGuidance's write-back settings
+    guidance_options = ("farm_mode", "farm", "writeback", "window", "mean_from")
 
     def __init__(self, farm_config=None, adaptor: str = "replace", adaptor_widths=(64, 128, 256, 256, 64),
                  farm_loss_weight: float = 5.0, mask_noise_loss: bool = False, *args, **kwargs):
@@ -88,12 +90,6 @@ class FAST(MaskedLatentDiffusion):
         return params
 
     # ------------------------------------------------------------------ generation
-    def make_sampler(self, name: str, steps: int | None = None, **opts):
-        """The sampler to pass to ``generate`` (``aias``, ``ddpm``, ``ddim``, ``plms``)."""
-        from ldm.models.diffusion.samplers import build_sampler
-
-        return build_sampler(name, self.schedule, steps=steps, **opts)
-
     def sampling_plan(self, cond, latent_mask: torch.Tensor, z_bg: torch.Tensor, **guidance_kw):
         """``(denoiser, guidance)`` for ``sampler.sample`` -- what ``generate`` runs, and what the
         benchmark times (it passes ``farm=`` to count FARM calls)."""
@@ -109,31 +105,6 @@ class FAST(MaskedLatentDiffusion):
             farm = self.farm_fn()
         return MaskGuidance(latent_mask, z_bg=z_bg, farm=farm if farm_mode != "off" else None,
                             farm_mode=farm_mode, **kw).bind(self.schedule)
-
-    @torch.no_grad()
-    def generate(self, images: torch.Tensor, masks: torch.Tensor, captions: list[str], names: list[str] | None,
-                 sampler, rng, guidance_kw: dict | None = None, t_start: int | None = None) -> torch.Tensor:
-        """Normal images (B×3×H×W, [-1,1]) + masks (B×1×H×W, {0,1}) → synthetic anomalous images.
-
-        Pixels outside the mask are copied from the normal image exactly (final pixel-space paste).
-        """
-        from ldm.models.diffusion.samplers.guidance import paste
-
-        images = images.to(self.device)
-        masks = masks.to(self.device).float()
-        z_bg = self.encode_to_latent(images)
-        m = latent_mask(masks, z_bg.shape[-2:], self.mask_threshold)
-        if t_start is not None and getattr(sampler, "t_start", None) != int(t_start):
-            raise ValueError(f"t_start={t_start} but the sampler starts at {getattr(sampler, 't_start', None)}; "
-                             "build the sampler with the same t_start")
-        cond = {"caption": list(captions), "name": list(names)} if names is not None else list(captions)
-        c = self.get_learned_conditioning(cond)
-        denoiser, guidance = self.sampling_plan(c, m, z_bg, **(guidance_kw or {}))
-        # the sampler draws x_T itself: pure noise, or z_bg noised to its own t_start
-        z = sampler.sample(denoiser, tuple(z_bg.shape), rng=rng, guidance=guidance,
-                           device=z_bg.device, dtype=z_bg.dtype)
-        decoded = self.decode_first_stage(z).clamp(-1.0, 1.0)
-        return paste(decoded, images, masks)
 
 
 # the steps --weight_idx accepts (the class knows its artifact prefixes)

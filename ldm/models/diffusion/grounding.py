@@ -47,9 +47,6 @@ from ldm.modules.grounding import SpatialConditioning, install_gsm, install_lora
 from ldm.util import default
 from utils.errors import UserError
 
-GROUNDING_SAMPLERS = ("aias", "ddim", "plms", "ddpm")
-GUIDANCE_KEYS = ("writeback", "paste", "farm_mode")  # farm_mode: FAST's, accepted and ignored (no FARM)
-
 
 def _names_of(personalization_config) -> Optional[list[str]]:
     if personalization_config is None:
@@ -72,6 +69,7 @@ def _init_word_of(personalization_config) -> Optional[str]:
 
 class GroundingAnomaly(MaskedLatentDiffusion):
     ARTIFACT_MODULES = (("scm", "scm"), ("gsm", "gsm"), ("lora", "lora"))
+    guidance_options = ("writeback", "paste", "farm_mode")  # farm_mode: FAST's, accepted and ignored (no FARM)
 
     def __init__(self, scm_config: Optional[dict] = None, scm_names: Optional[Sequence[str]] = None,
                  gsm: bool = True, gsm_feed_forward: bool = True, lora_rank: int = 4,
@@ -218,15 +216,10 @@ class GroundingAnomaly(MaskedLatentDiffusion):
         return params
 
     # ------------------------------------------------------------------ generation
-    def make_sampler(self, name: str = "aias", steps: Optional[int] = None, **opts):
-        """``aias``, ``ddim``, ``plms`` or ``ddpm`` starting at ``t_start`` (default: the model's
-        ``ndi_t_start``; ``ndi=False`` starts from pure noise). With ``ndi_scale_steps`` AIAS spends
+    def sampler_for(self, name: str, steps: Optional[int], opts: dict):
+        """NDI: the sampler starts at ``t_start`` (default: the model's ``ndi_t_start``; ``ndi=False``
+        starts from pure noise). With ``ndi_scale_steps`` AIAS spends
         ``ceil((steps − refine)·(t_start + 1)/T)`` segments, the share of the full grid below t_start."""
-        from ldm.models.diffusion.samplers import build_sampler
-
-        name = name.lower()
-        if name not in GROUNDING_SAMPLERS:
-            raise UserError(f"GroundingAnomaly samples with one of {', '.join(GROUNDING_SAMPLERS)}, got '{name}'")
         ndi = bool(opts.pop("ndi", True))
         if not ndi and opts.get("t_start") is not None:
             raise UserError(f"ndi=False starts from pure noise: it cannot be combined with t_start={opts['t_start']}")
@@ -237,52 +230,31 @@ class GroundingAnomaly(MaskedLatentDiffusion):
             refine = int(opts.get("refine_steps", 2))
             segments = max(1, math.ceil((int(steps) - refine) * (int(t_start) + 1) / self.num_timesteps))
             steps = segments + refine
-        if name == "ddpm":
-            if steps is not None and int(steps) != self.num_timesteps:
-                raise UserError(f"ddpm runs every timestep below t_start, got steps={steps}")
-            steps = None
-        return build_sampler(name, self.schedule, steps=steps, **opts)
+        return super().sampler_for(name, steps, opts)
 
-    @torch.no_grad()
-    def generate(self, images: torch.Tensor, masks: torch.Tensor, captions: list[str], names: Optional[list],
-                 sampler, rng, guidance_kw: Optional[dict] = None, t_start: Optional[int] = None) -> torch.Tensor:
-        """Normal images (B×3×H×W, [-1,1]) + masks (B×1×H×W) → synthetic anomalous images.
+    def generation_region(self, masks: torch.Tensor) -> torch.Tensor:
+        """A multi-label mask (values k = 1..K) generates wherever it is > 0.5."""
+        return (masks > 0.5).float()
 
-        ``names[i]``: the ``category+defect`` name of mask i (values > 0.5), or a list of names for a
-        multi-label mask (values k = 1..K). ``guidance_kw``: ``writeback`` (default the model's, "off"),
-        ``paste`` (default on: pixels outside the mask are the normal image's exactly); FAST's
-        ``farm_mode`` is accepted and ignored. ``sampler`` comes from ``make_sampler``.
-        """
-        from ldm.models.diffusion.samplers.guidance import MaskGuidance, paste
-
+    def generation_conditioning(self, captions: list, names, masks: torch.Tensor) -> dict:
+        """``{"text": encoded captions, "grounding": SCM tokens of the masks}``. ``names[i]``: the
+        ``category+defect`` name of mask i, or a list of names for a multi-label mask (its text
+        embedding is its first name's)."""
         if names is None:
             raise UserError("GroundingAnomaly.generate needs the 'category+defect' names (the semantic map)")
-        if t_start is not None and getattr(sampler, "t_start", None) != int(t_start):
-            raise UserError(f"t_start={t_start} but the sampler starts at {getattr(sampler, 't_start', None)}; "
-                            "build the sampler with the same t_start")
-        kw = dict(guidance_kw or {})
-        unknown = sorted(set(kw) - set(GUIDANCE_KEYS))
-        if unknown:
-            raise UserError(f"GroundingAnomaly.generate: unknown guidance_kw {unknown} (takes writeback, paste)")
-        do_paste = bool(kw.get("paste", self.paste))
-        writeback = kw.get("writeback") or self.writeback
-        images = images.to(self.device)
-        masks = masks.to(self.device).float()
-        if masks.ndim == 3:
-            masks = masks[:, None]
-        region = (masks > 0.5).float()
-        z_bg = self.encode_to_latent(images)
-        m = latent_mask(region, z_bg.shape[-2:], self.mask_threshold)
-        grounding = self.grounding_tokens(masks, names)
         text_names = [n if isinstance(n, str) else list(n)[0] for n in names]
-        cond = {"caption": list(captions), "name": text_names} if self.embedding_manager is not None \
-            else list(captions)
-        c = self.get_learned_conditioning(cond)
-        guidance = MaskGuidance(m, z_bg=z_bg, writeback=writeback)
-        z = sampler.sample(self.denoiser(c, grounding), tuple(z_bg.shape), rng=rng, guidance=guidance,
-                           device=z_bg.device, dtype=z_bg.dtype)
-        decoded = self.decode_first_stage(z).clamp(-1.0, 1.0)
-        return paste(decoded, images, region) if do_paste else decoded
+        return {"text": super().generation_conditioning(captions, text_names, masks),
+                "grounding": self.grounding_tokens(masks, names)}
+
+    def sampling_plan(self, cond: dict, latent_mask: torch.Tensor, z_bg: torch.Tensor,
+                      writeback: Optional[str] = None, farm_mode: Optional[str] = None):
+        """``(denoiser, guidance)`` for ``sampler.sample``: the UNet with LoRA and GSM on the text and SCM
+        tokens of ``cond`` (``generation_conditioning``), and a guidance with M, z_bg and the latent
+        write-back (default the model's ``writeback``). FAST's ``farm_mode`` is accepted and ignored."""
+        from ldm.models.diffusion.samplers.guidance import MaskGuidance
+
+        return (self.denoiser(cond["text"], cond["grounding"]),
+                MaskGuidance(latent_mask, z_bg=z_bg, writeback=writeback or self.writeback))
 
     def log_sampler_steps(self, steps: int) -> int:
         return max(int(steps), 3)  # NDI + AIAS needs at least one segment and the two refinement steps

@@ -117,7 +117,7 @@ class MaskDiffusion(DDPM):
     def sample_masks(self, names: Sequence[str], rng=None, steps: int = 50, sampler: str = "ddim",
                      **sampler_kw) -> torch.Tensor:
         """B×S×S float {0, 1}: one mask per name, from the noise of ``rng`` (a BatchRNG / seeds)."""
-        from ldm.models.diffusion.samplers import build_sampler
+        from ldm.models.diffusion.sampler_registry import build_sampler
 
         s = build_sampler(sampler, self.schedule, steps=None if sampler == "ddpm" else steps, **sampler_kw)
         c = self.tokens(list(names))

@@ -2,12 +2,25 @@
 
 A latent diffusion model trained on (image, anomaly mask) batches over a pretrained, frozen backbone:
 each method adds its own small modules (FARM and an adaptor; two MGAs; SCM, GSM and LoRA), exports
-them as plain-tensor artifacts (``ArtifactsMixin``), and implements the generation contract that
-``ldm/generation.py`` calls: ``make_sampler``, ``sampling_plan`` and ``generate``.
+them as plain-tensor artifacts (``ArtifactsMixin``), and takes part in the generation contract that
+``ldm/generation.py`` calls: ``make_sampler`` and ``generate`` live here, once; a subclass states its
+differences through the hooks below and its own ``sampling_plan``.
 
 Why a base: the backbone checkpoint must load *after* a subclass has created its modules (so its
-keys are reported as missing, not silently skipped), and the latent mask of a batch is computed the
-same way everywhere (``latent_mask``: bilinear resize, ``>= 0.5``, never empty).
+keys are reported as missing, not silently skipped), the latent mask of a batch is computed the same
+way everywhere (``latent_mask``: bilinear resize, ``>= 0.5``, never empty), and every model refuses a
+sampler, a ``t_start`` or a guidance option it does not take with the same one-line ``UserError``.
+
+Generation hooks (class attributes and methods a subclass may override):
+
+- ``samplers``: the names ``make_sampler`` accepts (``ldm.models.diffusion.sampler_registry``; the
+  first is the default); ``sampler_for``: how a name becomes a sampler (STAGE: its two-branch loop
+  with the model's windows; GroundingAnomaly: the NDI start);
+- ``guidance_options``: the ``guidance_kw`` keys ``generate`` takes, passed to ``sampling_plan``;
+- ``paste``: whether pixels outside the mask are the normal image's (``pastes`` decides per call);
+- ``generation_region`` / ``generation_conditioning``: the pixels to generate and the conditioning
+  ``sampling_plan`` receives (GroundingAnomaly: multi-label masks, SCM tokens);
+- ``check_generation_sampler``: the sampler objects the model's denoiser can drive.
 """
 from __future__ import annotations
 
@@ -16,11 +29,15 @@ import torch
 from ldm.models.diffusion.artifacts import ArtifactsMixin
 from ldm.models.diffusion.ddpm import LatentDiffusion
 from ldm.models.diffusion.latent_mask import latent_mask
+from ldm.models.diffusion.sampler_registry import ONE_BRANCH_SAMPLERS, build_sampler, check_ddpm_steps, check_sampler
+from ldm.models.diffusion.samplers.stage import STAGESampler, parse_paste
 from utils.errors import UserError
 
 
 class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
-    LOG_SAMPLER = "aias"  # the sampler of the training image grids (``log_images``)
+    samplers: tuple = ONE_BRANCH_SAMPLERS  # the names make_sampler accepts; the first is the default
+    guidance_options: tuple = ()           # the guidance_kw keys generate passes to sampling_plan
+    paste: bool = True                     # pixels outside the mask are the normal image's, exactly
 
     def log_sampler_steps(self, steps: int) -> int:
         """Network calls for the training image grids (a subclass may need a minimum)."""
@@ -50,7 +67,8 @@ class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
 
     @torch.no_grad()
     def log_images(self, batch, N: int = 8, sample: bool = True, ddim_steps: int = 20, **kwargs):
-        """Inputs, masks and samples generated on the batch's own images and masks (``generate``)."""
+        """Inputs, masks and samples generated on the batch's own images and masks (``generate`` with the
+        model's default sampler)."""
         from ldm.models.diffusion.ddpm import DDPM
         from ldm.models.diffusion.samplers.rng import BatchRNG
 
@@ -63,7 +81,7 @@ class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
             raw = self.get_raw_conditioning(batch, bs=x.shape[0])
             captions = raw["caption"] if isinstance(raw, dict) else raw
             names = list(batch[self.name_key])[:x.shape[0]] if self.name_key in batch else None
-            sampler = self.make_sampler(self.LOG_SAMPLER, self.log_sampler_steps(ddim_steps))
+            sampler = self.make_sampler(None, self.log_sampler_steps(ddim_steps))
             log["samples"] = self.generate(x, masks[:, None], captions, names, sampler,
                                            BatchRNG(list(range(x.shape[0]))))
         return log
@@ -71,3 +89,89 @@ class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
     def shared_step(self, batch, **kwargs):
         z, c = self.get_input(batch, self.first_stage_key)
         return self(z, c, mask=self.get_latent_mask(batch, z.shape[-2:]))
+
+    # ------------------------------------------------------------------ generation
+    def make_sampler(self, name: str | None = None, steps: int | None = None, **opts):
+        """The sampler to pass to ``generate``: ``name`` one of ``samplers`` (default the first), ``steps``
+        its network calls (``ddpm`` runs every timestep: None or T), ``opts`` for ``sampler_for``."""
+        name = check_sampler(type(self).__name__, self.samplers[0] if name is None else name, self.samplers)
+        if name == "ddpm":
+            check_ddpm_steps(steps, self.num_timesteps)
+            steps = None
+        return self.sampler_for(name, steps, opts)
+
+    def sampler_for(self, name: str, steps: int | None, opts: dict):
+        """The registry's sampler ``name`` over this model's schedule (``sampler_registry.build_sampler``)."""
+        return build_sampler(name, self.schedule, steps=steps, **opts)
+
+    def check_generation_sampler(self, sampler) -> None:
+        """Refuse a sampler this model's denoiser cannot drive: a one-branch denoiser ``eps(x, t)`` runs
+        every sampler but STAGE's two-branch loop."""
+        if isinstance(sampler, STAGESampler):
+            raise TypeError(f"{type(self).__name__}.generate needs a one-branch sampler "
+                            f"({type(self).__name__}.make_sampler), got {type(sampler).__name__}")
+
+    def pastes(self, sampler, guidance_kw: dict) -> bool:
+        """Whether ``generate`` copies the normal image's pixels outside the mask: ``guidance_kw["paste"]``
+        (taken out of the dict) when given, else the sampler's own ``paste`` option when it has one
+        (STAGE's), else the model's ``paste``."""
+        if "paste" in guidance_kw:
+            choice = parse_paste(guidance_kw.pop("paste"))
+            if choice is None:
+                raise UserError(f"{type(self).__name__}.generate: guidance_kw paste must be true or false, got None")
+            return choice
+        choice = getattr(sampler, "paste", None)
+        return self.paste if choice is None else choice
+
+    def generation_region(self, masks: torch.Tensor) -> torch.Tensor:
+        """The pixels to generate (B×1×H×W, 1 = generate): the masks as given."""
+        return masks
+
+    def generation_conditioning(self, captions: list, names, masks: torch.Tensor):
+        """The conditioning ``sampling_plan`` receives: the encoded captions, with the per-name
+        embeddings of ``names`` when given."""
+        raw = {"caption": list(captions), "name": list(names)} if names is not None else list(captions)
+        return self.get_learned_conditioning(raw)
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, masks: torch.Tensor, captions: list[str], names: list | None,
+                 sampler, rng, guidance_kw: dict | None = None, t_start: int | None = None) -> torch.Tensor:
+        """Normal images (B×3×H×W, [-1,1]) + masks (B×1×H×W or B×H×W, 1 = generate) → synthetic
+        anomalous images (B×3×H×W, [-1,1])::
+
+            R    = generation_region(masks),  c = generation_conditioning(captions, names, masks)
+            z_bg = E(images),  M = latent_mask(R)
+            z    = sampler.sample(*sampling_plan(c, M, z_bg, **guidance_kw))  # x_T: noise, or z_bg noised to t_start
+            x    = clamp(D(z), −1, 1)
+            out  = x·R + images·(1 − R) when ``pastes``, else x
+
+        ``sampling_plan(c, M, z_bg, **guidance_kw) -> (denoiser, guidance)`` is each subclass's own;
+        ``sampler`` comes from ``make_sampler``; ``t_start``, when given, must be the sampler's own;
+        ``guidance_kw`` takes the keys of ``guidance_options``. Every refusal comes before any network call.
+        """
+        from ldm.models.diffusion.samplers.guidance import paste
+
+        name = type(self).__name__
+        self.check_generation_sampler(sampler)
+        if t_start is not None and getattr(sampler, "t_start", None) != int(t_start):
+            raise UserError(f"t_start={t_start} but the sampler starts at {getattr(sampler, 't_start', None)}; "
+                            "build the sampler with the same t_start")
+        kw = dict(guidance_kw or {})
+        unknown = sorted(set(kw) - set(self.guidance_options))
+        if unknown:
+            raise UserError(f"{name}.generate: unknown guidance_kw {unknown} "
+                            f"(takes {', '.join(self.guidance_options)})")
+        do_paste = self.pastes(sampler, kw)
+        images = images.to(self.device)
+        masks = masks.to(self.device).float()
+        if masks.ndim == 3:
+            masks = masks[:, None]
+        region = self.generation_region(masks)
+        cond = self.generation_conditioning(captions, names, masks)
+        z_bg = self.encode_to_latent(images)
+        m = latent_mask(region, z_bg.shape[-2:], self.mask_threshold)
+        denoiser, guidance = self.sampling_plan(cond, m, z_bg, **kw)
+        z = sampler.sample(denoiser, tuple(z_bg.shape), rng=rng, guidance=guidance,
+                           device=z_bg.device, dtype=z_bg.dtype)
+        decoded = self.decode_first_stage(z).clamp(-1.0, 1.0)
+        return paste(decoded, images, region) if do_paste else decoded

@@ -13,7 +13,7 @@ class PLMSSampler(_CompVisDDIM):
         if eta != 0:
             raise ValueError(f"PLMSSampler: ddim_eta must be 0, got {eta}")
         ts = ddim_timesteps(self.ddpm_num_timesteps, steps, discretize)
-        return _core_plms.PLMSSampler(self.schedule, timesteps=ts)
+        return _core_plms.PLMSSteps(self.schedule, timesteps=ts)
 
     def sample(self, S, batch_size, shape, conditioning=None, eta: float = 0., **kwargs):
         if eta != 0:

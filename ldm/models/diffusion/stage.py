@@ -34,13 +34,12 @@ import torch
 
 from ldm.models.diffusion.adaptor import MGA, apply_adaptor, build_adaptor
 from ldm.models.diffusion.ddpm import LatentDiffusion
-from ldm.models.diffusion.latent_mask import latent_mask
 from ldm.models.diffusion.masked import MaskedLatentDiffusion
+from ldm.models.diffusion.sampler_registry import build_sampler
 from ldm.models.diffusion.samplers.stage import OFFICIAL_WINDOWS, STAGESampler, explicit_mask, parse_paste
 from ldm.util import default
 from utils.errors import UserError
 
-STAGE_SAMPLERS = ("stage", "ddpm")
 # FAST's guidance options (FARM re-injection, windowed write-back): accepted so one generation call
 # serves both models, and ignored -- STAGE's background handling is part of its sampler.
 FAST_ONLY_GUIDANCE = ("farm_mode", "writeback")
@@ -48,6 +47,8 @@ FAST_ONLY_GUIDANCE = ("farm_mode", "writeback")
 
 class STAGE(MaskedLatentDiffusion):
     ARTIFACT_MODULES = (("fine_image", "fine_image"), ("fine_mask", "fine_mask"))
+    samplers = ("stage", "ddpm")  # its two-branch loop: K segments, or every timestep (the official one)
+    guidance_options = ("paste",) + FAST_ONLY_GUIDANCE
 
     def __init__(self, adaptor: str = "replace", adaptor_widths=(64, 256, 512, 256, 64),
                  mask_loss_weight: float = 1.0, mask_schedule: str = "linear", shrink_end: int = 200,
@@ -141,23 +142,21 @@ class STAGE(MaskedLatentDiffusion):
         return params
 
     # ------------------------------------------------------------------ generation
-    def make_sampler(self, name: str = "stage", steps: int | None = None, **opts) -> STAGESampler:
-        """``ddpm`` (the official 1000-step loop) or ``stage`` (``steps`` = network calls, the accelerated
-        variant; None or T = every timestep, the official loop again). ``opts`` go to
-        :class:`STAGESampler` (e.g. ``grid``, ``kernel``, ``paste``); the model's windows / mask schedule
-        are the defaults. ``paste`` (None: the model's ``paste``) is what ``generate`` then does."""
-        name = name.lower()
-        if name not in STAGE_SAMPLERS:
-            raise UserError(f"STAGE samples with its two-branch loop: sampler must be one of "
-                            f"{', '.join(STAGE_SAMPLERS)}, got '{name}'")
-        if name == "ddpm":
-            if steps is not None and int(steps) != self.num_timesteps:
-                raise UserError(f"ddpm always runs all {self.num_timesteps} steps, got steps={steps}")
-            steps = None
+    def sampler_for(self, name: str, steps: int | None, opts: dict) -> STAGESampler:
+        """Both names are the two-branch loop: ``ddpm`` the official one over every timestep, ``stage``
+        with ``steps`` network calls (the accelerated variant; None or T = every timestep again).
+        ``opts`` go to :class:`STAGESampler` (e.g. ``grid``, ``kernel``, ``paste``); the model's windows /
+        mask schedule are the defaults. ``paste`` (None: the model's ``paste``) is what ``generate`` does."""
         opts.setdefault("windows", self.windows)
         opts.setdefault("mask_schedule", self.mask_schedule)
         opts.setdefault("shrink_end", self.shrink_end)
-        return STAGESampler(self.schedule, steps=steps, **opts)
+        return build_sampler("stage", self.schedule, steps=steps, **opts)
+
+    def check_generation_sampler(self, sampler) -> None:
+        """The two-branch denoiser runs only STAGE's own loop."""
+        if not isinstance(sampler, STAGESampler):
+            raise TypeError(f"STAGE.generate needs a STAGESampler (model.make_sampler('stage', steps)), "
+                            f"got {type(sampler).__name__}")
 
     def sampling_plan(self, cond, latent_mask: torch.Tensor, z_bg: torch.Tensor, **fast_only):
         """``(denoiser, guidance)`` for ``sampler.sample``: the two-branch denoiser, and a guidance that
@@ -169,47 +168,6 @@ class STAGE(MaskedLatentDiffusion):
         if unknown:
             raise UserError(f"STAGE: unknown guidance options {unknown}")
         return self.branch_denoiser(cond), MaskGuidance(latent_mask, z_bg=z_bg, writeback="off")
-
-    @torch.no_grad()
-    def generate(self, images: torch.Tensor, masks: torch.Tensor, captions: list[str], names: list[str] | None,
-                 sampler, rng, guidance_kw: dict | None = None, t_start: int | None = None) -> torch.Tensor:
-        """Normal images (B×3×H×W, [-1,1]) + masks (B×1×H×W, {0,1}) → synthetic anomalous images.
-
-        ``sampler`` comes from ``make_sampler``. Paste -- copy the normal image's pixels outside the
-        mask exactly -- is decided by ``guidance_kw["paste"]``, else the sampler's ``paste``, else the
-        model's ``paste`` (default off: the official output, the decoded image as it is). FAST's
-        ``farm_mode`` / ``writeback`` are accepted and ignored.
-        """
-        from ldm.models.diffusion.samplers.guidance import paste
-
-        if not isinstance(sampler, STAGESampler):
-            raise TypeError(f"STAGE.generate needs a STAGESampler (model.make_sampler('stage', steps)), "
-                            f"got {type(sampler).__name__}")
-        if t_start is not None and sampler.t_start != int(t_start):
-            raise UserError(f"t_start={t_start} but the sampler starts at {sampler.t_start}; "
-                            "build the sampler with the same t_start")
-        kw = dict(guidance_kw or {})
-        do_paste = self.paste if sampler.paste is None else sampler.paste
-        if "paste" in kw:
-            do_paste = parse_paste(kw.pop("paste"))
-            if do_paste is None:
-                raise UserError("STAGE.generate: guidance_kw paste must be true or false, got None")
-        unknown = sorted(set(kw) - set(FAST_ONLY_GUIDANCE))
-        if unknown:
-            raise UserError(f"STAGE.generate: unknown guidance_kw {unknown} (STAGE takes 'paste')")
-        images = images.to(self.device)
-        masks = masks.to(self.device).float()
-        z_bg = self.encode_to_latent(images)
-        m = latent_mask(masks, z_bg.shape[-2:], self.mask_threshold)
-        cond = {"caption": list(captions), "name": list(names)} if names is not None else list(captions)
-        c = self.get_learned_conditioning(cond)
-        denoiser, guidance = self.sampling_plan(c, m, z_bg)
-        z = sampler.sample(denoiser, tuple(z_bg.shape), rng=rng, guidance=guidance,
-                           device=z_bg.device, dtype=z_bg.dtype)
-        decoded = self.decode_first_stage(z).clamp(-1.0, 1.0)
-        return paste(decoded, images, masks) if do_paste else decoded
-
-    LOG_SAMPLER = "stage"
 
     def log_sampler_steps(self, steps: int) -> int:
         # the aligned grid needs one segment per branch interval (at most 2·windows + 1)

@@ -32,7 +32,10 @@ def descending_transitions(timesteps: Sequence[int], num_timesteps: int) -> list
     return list(zip(ts, ts[1:] + [final]))
 
 
-class DDIMSampler(Sampler):
+class DDIMSteps(Sampler):
+    """DDIM as a list of ``Step``s on LDM's grid (``ldm.models.diffusion.ddim.DDIMSampler`` is the
+    CompVis-API adapter over it)."""
+
     def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0,
                  timesteps: Sequence[int] | None = None, discretize: str = "uniform",
                  t_start: int | None = None, clip_x0: float | None = None):

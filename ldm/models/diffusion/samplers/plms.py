@@ -1,4 +1,5 @@
-"""PLMS (pseudo linear multistep, Liu et al. 2022) as in LDM's PLMSSampler.
+"""PLMS (pseudo linear multistep, Liu et al. 2022) as in LDM's PLMSSampler (``PLMSSteps`` here; the
+CompVis-API ``PLMSSampler`` is the adapter in ``ldm/models/diffusion/plms.py``).
 
 The first step has no eps history, so it takes a provisional DDIM step, evaluates the network again at
 the next grid time and averages the two eps (Heun-like, one extra NFE); later steps extrapolate eps
@@ -19,7 +20,7 @@ from .grids import ddim_timesteps
 from .kernels import ddim_coefficients
 
 
-class PLMSSampler(Sampler):
+class PLMSSteps(Sampler):
     def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0,
                  timesteps: Sequence[int] | None = None, discretize: str = "uniform",
                  t_start: int | None = None, clip_x0: float | None = None):

@@ -121,7 +121,7 @@ def parse_paste(value) -> bool | None:
             return True
         if word in ("false", "off", "no", "0"):
             return False
-    raise UserError(f"STAGE paste must be true or false, got {value!r}")
+    raise UserError(f"paste must be true or false, got {value!r}")
 
 
 def in_windows(t: int, windows) -> bool:

@@ -1,0 +1,1 @@
+"""Measuring tools: the sampler benchmark (``samplers``); the scripts' ``benchmark_*.py`` run them."""
