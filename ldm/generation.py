@@ -10,8 +10,8 @@ through here, so the checks below hold for every entry point:
 - every setting that changes a pixel is in ``synthesis.json``; a rerun with another value is refused;
 - ``provenance.json`` lists the exact real anomalies the generator trained on, so an evaluation can
   refuse test images the generator saw;
-- latent masks never vanish (see ``ldm.models.diffusion.fast.latent_mask``); how many were kept
-  alive is counted and reported.
+- masks are resized by one rule (``utils.mask_resize``): thin defects stay continuous and latent
+  masks never vanish; how many masks needed the thin-structure rule is counted and reported.
 """
 from __future__ import annotations
 
@@ -638,12 +638,12 @@ def resolve_batch_size(opt: GenerationOptions, run: TrainedRun, item: dict, devi
 def generate_batch(run: TrainedRun, opt: GenerationOptions, images, masks, indices, sampler=None) -> tuple:
     """One batch through the model, writing nothing: ``images`` B×H×W×3 float [-1, 1] and ``masks``
     B×H×W {0, 1} at the run's size; pair i's noise is seeded by ``pair_seed(seed, category, defect,
-    indices[i])``. Returns ``(generated B×H×W×3 float [-1, 1], {"kept_alive", "nfe", "seeds"})``.
+    indices[i])``. Returns ``(generated B×H×W×3 float [-1, 1], {"thin_masks", "nfe", "seeds"})``.
     ``generate_pairs`` and the studio both call this, so a studio pair is the pair the CLI writes."""
     import numpy as np
     import torch
 
-    from ldm.models.diffusion.latent_mask import rescued_latent_masks
+    from ldm.models.diffusion.latent_mask import thin_latent_masks
     from ldm.models.diffusion.samplers.rng import BatchRNG
     from ldm.pairs import pair_seed
 
@@ -653,7 +653,7 @@ def generate_batch(run: TrainedRun, opt: GenerationOptions, images, masks, indic
     pix = torch.from_numpy(np.ascontiguousarray(np.stack(masks), dtype=np.float32))[:, None]
     latent = int(model.image_size)
     threshold = getattr(model, "mask_threshold", 0.5)
-    kept_alive_each = [rescued_latent_masks(pix[i:i + 1], (latent, latent), threshold) for i in range(len(pix))]
+    thin_each = [thin_latent_masks(pix[i:i + 1], (latent, latent), threshold) for i in range(len(pix))]
     seeds = [pair_seed(opt.seed, opt.sample_name, opt.anomaly_name, n) for n in indices]
     accel = acceleration(opt)
     accel.prepare(model, model.device)
@@ -661,14 +661,14 @@ def generate_batch(run: TrainedRun, opt: GenerationOptions, images, masks, indic
         out = model.generate(x, pix, [opt.prompt] * len(seeds), [run.name] * len(seeds), sampler, BatchRNG(seeds),
                              guidance_kw={"farm_mode": opt.farm_mode, "writeback": opt.writeback},
                              t_start=opt.t_start)
-    return out.permute(0, 2, 3, 1).float().cpu().numpy(), {"kept_alive": sum(kept_alive_each), "nfe": sampler.nfe,
-                                                            "kept_alive_each": kept_alive_each, "seeds": seeds}
+    return out.permute(0, 2, 3, 1).float().cpu().numpy(), {"thin_masks": sum(thin_each), "nfe": sampler.nfe,
+                                                            "thin_masks_each": thin_each, "seeds": seeds}
 
 
 def write_pairs(run: TrainedRun, opt: GenerationOptions, inputs, todo: list, writer, batch_size: int, sampler,
                 device, size: int, progress=None) -> tuple[int, dict]:
     """Generate and write pairs ``todo`` (indices into ``inputs``) in batches of ``batch_size``; returns
-    ``(masks kept alive, {placement: count})``. The next batch's inputs are read, and finished pairs
+    ``(masks with thin parts, {placement: count})``. The next batch's inputs are read, and finished pairs
     written, on other threads while the network works on this batch (``utils.pipeline``); with
     ``--compile`` the last batch is padded to the compiled shape (the padding is thrown away: pair n
     depends on its own seed only)."""
@@ -677,7 +677,7 @@ def write_pairs(run: TrainedRun, opt: GenerationOptions, inputs, todo: list, wri
     from utils.pipeline import Pipeline
 
     accel = acceleration(opt)
-    kept_alive, placements = 0, {}
+    thin, placements = 0, {}
 
     def load(chunk):
         items = [inputs[n] for n in chunk]
@@ -702,19 +702,19 @@ def write_pairs(run: TrainedRun, opt: GenerationOptions, inputs, todo: list, wri
             pad = batch_size - len(chunk) if accel.compile else 0
             out, info = generate_batch(run, opt, images + images[-1:] * pad, masks + masks[-1:] * pad,
                                        indices + indices[-1:] * pad, sampler)
-            kept_alive += sum(info["kept_alive_each"][:len(chunk)])
+            thin += sum(info["thin_masks_each"][:len(chunk)])
             for n, item, (_, window), img in zip(chunk, items, scaled, out):
                 placements[item["placement"]] = placements.get(item["placement"], 0) + 1
                 pipe.write(write, n, item, window, img)
             if progress is not None:
                 progress(len(chunk))
-    return kept_alive, placements
+    return thin, placements
 
 
 def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log=print) -> dict:
     """Write pairs ``rank, rank + world, …`` below ``n_samples`` to ``<outdir>/<sample>/<anomaly>/``.
 
-    Returns ``{"out", "written", "skipped", "step", "nfe", "seconds", "kept_alive", "sampler"}``.
+    Returns ``{"out", "written", "skipped", "step", "nfe", "seconds", "thin_masks", "sampler"}``.
     """
     from tqdm.auto import tqdm
 
@@ -750,12 +750,12 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
         f"{batch_size}, {describe_acceleration(accel, device)}")
     prov_extra = {"batch_size": batch_size, "precision": opt.precision, "compile": bool(opt.compile)}
     bar = tqdm(total=len(todo), desc=f"generate {run.name}", disable=not opt.progress, file=sys.stderr)
-    kept_alive, placements = write_pairs(run, opt, inputs, todo, writer, batch_size, sampler, device, size,
+    thin, placements = write_pairs(run, opt, inputs, todo, writer, batch_size, sampler, device, size,
                                          progress=bar.update)
     bar.close()
-    if kept_alive:
-        log(f"[generate] warning: {kept_alive} of {len(todo)} masks were thinner than one latent cell "
-            f"({latent}×{latent} latent); each kept its strongest cell so the pair still carries a defect")
+    if thin:
+        log(f"[generate] {thin} of {len(todo)} masks have parts thinner than one latent cell ({latent}×{latent} "
+            f"latent): kept as continuous lines of cells (utils.mask_resize)")
     if set(placements) - {"off", "explicit"}:
         log("[generate] masks on the foreground: " + ", ".join(f"{k} {v}" for k, v in sorted(placements.items())))
     sheet = None
@@ -764,7 +764,7 @@ def generate_pairs(opt: GenerationOptions, run: Optional[TrainedRun] = None, log
         sheet = write_contact_sheet(writer, opt.n_samples)
     log(f"[generate] done: {writer.root}" + (f" (contact sheet {sheet})" if sheet else ""))
     return {"out": str(writer.root), "written": len(todo), "skipped": len(mine) - len(todo), "step": run.step,
-            "nfe": sampler.nfe, "seconds": time.perf_counter() - t0, "kept_alive": kept_alive,
+            "nfe": sampler.nfe, "seconds": time.perf_counter() - t0, "thin_masks": thin,
             "sampler": opt.sampler, "placements": placements, **prov_extra}
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 import generate_with_mask as gen
 from ldm.data.layouts import index_category
 from ldm.generation import load_run
-from ldm.models.diffusion.fast import latent_mask, rescued_latent_masks
+from ldm.models.diffusion.fast import latent_mask, thin_latent_masks
 from ldm.models.diffusion.sampler_registry import build_sampler
 from ldm.models.diffusion.schedule import NoiseSchedule
 from ldm.pairs import pair_seed, read_index
@@ -37,7 +37,7 @@ def test_latent_mask_keeps_cells_at_exactly_half():
     lat = latent_mask(m, (32, 32))
     assert lat.shape == (1, 1, 32, 32)
     assert lat[0, 0, :2].eq(1).all() and lat[0, 0, 2:].eq(0).all()
-    assert rescued_latent_masks(m, (32, 32)) == 0
+    assert thin_latent_masks(m, (32, 32)) == 0
 
 
 @pytest.mark.parametrize("width", [1, 2, 3, 5, 7])
@@ -61,7 +61,7 @@ def test_empty_pixel_mask_stays_empty():
     assert latent_mask(torch.zeros(2, 64, 64), (16, 16)).sum() == 0
 
 
-def test_generation_counts_masks_kept_alive(world, tmp_path):
+def test_generation_counts_masks_with_thin_parts(world, tmp_path):
     work, data, ckdir = world
     masks = tmp_path / "thin"
     masks.mkdir()
@@ -70,7 +70,7 @@ def test_generation_counts_masks_kept_alive(world, tmp_path):
         a[4 * i + 3, 4:20] = 255
         Image.fromarray(a).save(masks / f"{i:03d}_mask.png")
     out = gen.main(gen_args(data, ckdir, tmp_path / "out", "--mask_path", str(masks), "--n_samples", "3"))
-    assert out["kept_alive"] == 3
+    assert out["thin_masks"] == 3
     rows = read_index(tmp_path / "out" / "brick" / "scratch")
     assert len(rows) == 3 and all(r["mask_area"] > 0 for r in rows)
 

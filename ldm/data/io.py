@@ -13,8 +13,9 @@ indices), then
 * otherwise it is a class-id mask (VisA stores ids 1..K) and a pixel is foreground when
   ``value != 0``.
 
-The binary mask is then resized (bilinear on the 0/1 float map, so no overshoot) and thresholded
-at 0.5 (``>= 0.5``, as AnomalyDiffusion does), giving float32 {0, 1}.
+The binary mask is then resized by the one mask-resizing rule (``utils.mask_resize``: area coverage
+``>= 0.5``, with structures thinner than the new pixel kept as a continuous line), giving float32
+{0, 1}.
 """
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from utils.errors import InputNotFound, UserError
 from utils.images import float_to_uint8, uint8_to_float
+from utils.mask_resize import resize_binary_masks
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -169,13 +172,14 @@ def binarize_mask_array(a: np.ndarray) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: SizeLike) -> np.ndarray:
-    """Resize a binary H×W mask (bilinear on 0/1) and threshold at 0.5 → float32 {0, 1}."""
+    """Binarise an H×W mask (``> 0.5``) and bring it to ``size`` by ``utils.mask_resize``'s rule (area
+    coverage, thin structures kept continuous) → float32 {0, 1}."""
     hw = parse_size(size)
     m = (np.asarray(mask) > 0.5).astype(np.float32)
-    if hw is not None and m.shape != hw:
-        im = Image.fromarray(m).resize((hw[1], hw[0]), Image.BILINEAR)
-        m = np.asarray(im, dtype=np.float32)
-    return (m >= 0.5).astype(np.float32)
+    if hw is None or m.shape == hw:
+        return m
+    out = resize_binary_masks(torch.from_numpy(np.ascontiguousarray(m))[None, None], hw)
+    return out[0, 0].numpy().astype(np.float32)
 
 
 def load_mask(path: Union[str, os.PathLike], size: SizeLike = None) -> np.ndarray:

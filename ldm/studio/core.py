@@ -519,16 +519,16 @@ class Studio:
             self.check_mask(info, mask, latent)
             t0 = time.perf_counter()
             out, done = generate_batch(run, opt, [uint8_to_float(image)] * n, [mask] * n, range(n))
-            kept_alive, seeds = min(done["kept_alive"], 1), done["seeds"]
+            thin, seeds = min(done["thin_masks"], 1), done["seeds"]
             seconds = time.perf_counter() - t0
         pairs = []
         for i, (img, s) in enumerate(zip(out, seeds)):
             u8 = float_to_uint8(img)
             pairs.append(Pair(u8, mask, image, s, i, pair_scores(u8, mask, image)))
         notes = []
-        if kept_alive:
-            notes.append(f"the mask is thinner than one latent cell ({latent}×{latent} latent): its strongest "
-                         "cell was kept so the pair still carries a defect")
+        if thin:
+            notes.append(f"parts of the mask are thinner than one latent cell ({latent}×{latent} latent): they "
+                         "are generated as continuous lines of cells, and only the mask's pixels change")
         used = {**{c.field: getattr(opt, c.field) for c in self.controls}, "weight_idx": run.step}
         return Batch(info.key, pairs, seconds, int(done["nfe"]), str(self.torch_device()), used,
                      str(normal_image), str(mask_origin), notes)

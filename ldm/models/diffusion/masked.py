@@ -8,7 +8,7 @@ differences through the hooks below and its own ``sampling_plan``.
 
 Why a base: the backbone checkpoint must load *after* a subclass has created its modules (so its
 keys are reported as missing, not silently skipped), the latent mask of a batch is computed the same
-way everywhere (``latent_mask``: bilinear resize, ``>= 0.5``, never empty), and every model refuses a
+way everywhere (``latent_mask``: ``utils.mask_resize``'s area rule, thin parts kept continuous, never empty), and every model refuses a
 sampler, a ``t_start`` or a guidance option it does not take with the same one-line ``UserError``.
 
 Generation hooks (class attributes and methods a subclass may override):
