@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ldm.quality.contrast import GREY_LEVELS_PER_UNIT, has_contrast, mask_contrast
+
 MIN_PSNR_DB = 20.0          # below this the decoder loses the texture itself
 MAX_COLOUR_SHIFT = 10.0     # mean |Δ channel mean| in 0-255 levels: above this defects carry a colour cast
 MIN_DEFECT_CONTRAST = 0.7   # share of the real defects' contrast the round trip keeps: below, defects fade
@@ -40,7 +42,7 @@ def round_trip(model, images: Sequence[np.ndarray], batch_size: int = 16) -> dic
     sq_err, shifts, n = 0.0, [], 0
     for x, rec in _round_trips(model, images, batch_size):
         sq_err += float(((rec - x) ** 2).mean(dim=(1, 2, 3)).sum())
-        shifts += (rec.mean(dim=(2, 3)) - x.mean(dim=(2, 3))).abs().mean(dim=1).mul(127.5).tolist()
+        shifts += (rec.mean(dim=(2, 3)) - x.mean(dim=(2, 3))).abs().mean(dim=1).mul(GREY_LEVELS_PER_UNIT).tolist()
         n += x.shape[0]
     if n == 0:
         return {"images": 0, "psnr_db": None, "colour_shift": None}
@@ -49,26 +51,18 @@ def round_trip(model, images: Sequence[np.ndarray], batch_size: int = 16) -> dic
     return {"images": n, "psnr_db": round(psnr, 2), "colour_shift": round(float(np.mean(shifts)), 2)}
 
 
-def _contrast(x: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-    """Per image: mean over channels of |mean inside the mask - mean outside| (B×3×H×W, B×H×W bool)."""
-    m = inside[:, None].to(x.dtype)
-    mean_in = (x * m).sum(dim=(2, 3)) / m.sum(dim=(2, 3)).clamp(min=1)
-    mean_out = (x * (1 - m)).sum(dim=(2, 3)) / (1 - m).sum(dim=(2, 3)).clamp(min=1)
-    return (mean_in - mean_out).abs().mean(dim=1)
-
-
 @torch.no_grad()
 def defect_contrast(model, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], batch_size: int = 16) -> dict:
-    """What ``decode(encode(x))`` keeps of real defects: the contrast of each defect (``_contrast``, 0-255
+    """What ``decode(encode(x))`` keeps of real defects: the contrast of each defect (``mask_contrast``, 0-255
     levels) before and after the round trip, summed over ``images`` (H×W×3 float [-1, 1]) with their
     ``masks`` (H×W, > 0.5 inside), and their ratio ``kept`` (1: as strong as real, < 1: fainter)."""
-    keep = [k for k, m in enumerate(masks) if (np.asarray(m) > 0.5).any() and not (np.asarray(m) > 0.5).all()]
+    keep = [k for k, m in enumerate(masks) if has_contrast(m)]
     inside = [torch.from_numpy(np.asarray(masks[k]) > 0.5) for k in keep]
     before, after, n = 0.0, 0.0, 0
     for x, rec in _round_trips(model, [images[k] for k in keep], batch_size):
         m = torch.stack(inside[n:n + x.shape[0]]).to(x.device)
-        before += float(_contrast(x, m).sum()) * 127.5
-        after += float(_contrast(rec, m).sum()) * 127.5
+        before += float(mask_contrast(x, m).sum()) * GREY_LEVELS_PER_UNIT
+        after += float(mask_contrast(rec, m).sum()) * GREY_LEVELS_PER_UNIT
         n += x.shape[0]
     if n == 0 or before <= 0:
         return {"defects": n, "contrast_real": None, "contrast_decoded": None, "kept": None}

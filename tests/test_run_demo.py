@@ -17,7 +17,8 @@ from utils.errors import UserError
 from utils.safe_load import safe_load
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("## Stage times and peak memory", "## Segmentation on real held-out anomalies (%)", "## Pictures",
+SECTIONS = ("## Stage times and peak memory", "## Segmentation on real held-out anomalies (%)",
+            "## Is this ranking more than noise?", "## Do the generated defects show?", "## Pictures",
             "## Sampler speed", "## Ablations", "## Generated masks", "## Where to look")
 STAGES = ("build texture-ad", "train autoencoder", "train ldm", "train fast/brick+scratch",
           "generate AIAS-10 brick+scratch", "train stage/brick+scratch", "generate STAGE-10 brick+scratch",
@@ -113,6 +114,13 @@ def test_smoke_demo_writes_every_artifact_and_report_section(demo):
         assert noise not in console, noise
     assert "Project config" in (out / "logs/console/train_ldm.log").read_text()
     assert "Report:" in console and "| fast |" in console
+    # a single run is judged against the evidence on record (or says that none is)
+    assert "This single run: FAST − " in console and doc["verdict"] in report
+    # defect contrast of every generator's pairs next to the real defects of the type
+    rows = {r["method"]: r for r in doc["contrast"]}
+    assert set(rows) == {"fast", "stage", "grounding"}
+    assert all(r["pairs"] == 4 and r["real_defects"] > 0 and r["real"] > 0 for r in rows.values())
+    assert rows["fast"]["ratio"] == round(rows["fast"]["generated"] / rows["fast"]["real"], 3)
 
 
 def test_rerun_skips_every_finished_stage(demo):
@@ -223,3 +231,83 @@ def test_threads_reach_every_stage_through_the_environment(tmp_path, monkeypatch
     with pytest.raises(Stop):
         rd.main(["--smoke", "--threads", "1", "--out", str(tmp_path)])
     assert seen["omp"] == "1"
+
+
+def test_pipeline_seeds_retrain_everything_with_other_seeds_in_their_own_folder(tmp_path):
+    """Pipeline seed 0 is the default demo's commands unchanged; seed s > 0 trains with main.py --seed 23+s,
+    generates with --seed s, compares with its own segmenter seeds, writes under pipeline-seed-<s> and reads
+    the one dataset."""
+    from ldm.demo.evidence import segmenter_seeds
+    from ldm.demo.pipeline import Demo
+    from ldm.demo.tiers import get_parser, resolve
+
+    opt = get_parser().parse_args(["--out", str(tmp_path), "--pipeline_seeds", "3"])
+    tier = resolve(opt)
+    assert opt.pipeline_seeds == 3 and segmenter_seeds(0, 1) == [0] and segmenter_seeds(2, 2) == [4, 5]
+    seen = []
+
+    class Recorder(StageRunner):
+        def run(self, name, cmd, settings, **kw):
+            seen.append((name, cmd, settings))
+            return type("Record", (), {"as_dict": lambda self: {}})()
+
+    for seed in (0, 2):
+        demo = Demo(opt, tier, Recorder(tmp_path), seed)
+        demo.train("ldm", "configs/tiny/ldm.yaml", 5, [])
+        demo.generate(tmp_path / "pt", "brick", "crack", demo.folder("generated") / "fast", 4)
+        demo.compare("compare", demo.folder("comparison"), ["brick"], "fast", segmenter_seeds(seed, 1)[0], {}, 4)
+    (t0, g0, c0), (t2, g2, c2) = seen[:3], seen[3:]
+    assert "--seed" not in t0[1] and "--seed" not in g0[1]
+    assert t2[1][t2[1].index("--seed") + 1] == "25" and g2[1][g2[1].index("--seed") + 1] == "2"
+    assert str(tmp_path / "pipeline-seed-2" / "logs") in t2[1] and str(tmp_path / "logs") in t0[1]
+    assert c0[1][c0[1].index("--seed") + 1] == "0" and c2[1][c2[1].index("--seed") + 1] == "2"
+    data = str(tmp_path / "data" / "texture-ad")
+    assert data in g0[1] and data in g2[1]
+    assert t0[2] != t2[2] and g0[2] != g2[2]          # other seeds never reuse a finished stage's marker
+
+
+def test_evidence_tier_summarises_every_pipeline_seed_into_the_report(tmp_path, monkeypatch):
+    """main with --pipeline_seeds 3 runs the pipeline per seed and writes evidence.json/.md and the report's
+    paired interval; --record_evidence writes the family's record a later single run is judged against."""
+    import ldm.demo.evidence as ev
+    import ldm.demo.pipeline as rd
+
+    monkeypatch.setattr(ev, "RECORD_DIR", tmp_path / "record")
+    monkeypatch.setattr(rd, "write_report", _report_spy := _ReportSpy(rd.write_report))
+
+    def pipeline(opt, tier, runner, seed=0):
+        folder = ev.pipeline_out(tmp_path, seed) / "comparison"
+        folder.mkdir(parents=True, exist_ok=True)
+        fast, draem = 0.30 + 0.01 * seed, 0.20 + 0.02 * seed
+        doc = {"synthesizers": ["fast", "draem", "cutpaste"],
+               "results": {s: {"brick": {"iou_anomaly": v}, "mean": {"iou_anomaly": v}}
+                           for s, v in (("fast", fast), ("draem", draem), ("cutpaste", 0.1))}}
+        (folder / "results.json").write_text(json.dumps(doc))
+        return {"results": {seed: folder / "results.json"}, "generation": [], "ablations": {}, "masks": {}}
+
+    monkeypatch.setattr(rd, "pipeline", pipeline)
+    rd.main(["--smoke", "--pipeline_seeds", "3", "--record_evidence", "--out", str(tmp_path)])
+    doc = json.loads((tmp_path / "evidence.json").read_text())
+    p = doc["paired"]["pooled"]
+    assert doc["seeds"] == [0, 1, 2] and p["baseline"] == "draem"
+    assert p["mean"] == pytest.approx(0.09) and p["lo"] > 0          # d = 0.10, 0.09, 0.08
+    assert "FAST ahead" in (tmp_path / "evidence.md").read_text()
+    assert json.loads((tmp_path / "record" / "texture-ad.json").read_text())["paired"] == doc["paired"]
+    assert "FAST − draem: +9.0" in _report_spy.verdict
+    # a later single run is judged against that record
+    from ldm.demo.evidence import verdict_for
+
+    single = json.loads((tmp_path / "comparison" / "results.json").read_text())
+    text = verdict_for(single, tmp_path / "elsewhere", "texture-ad")
+    assert "This single run: FAST − draem = +10.0" in text and "3 pipeline seeds" in text
+    with pytest.raises(UserError, match="--record_evidence needs --pipeline_seeds >= 2"):
+        rd.main(["--smoke", "--record_evidence", "--out", str(tmp_path)])
+
+
+class _ReportSpy:
+    def __init__(self, real):
+        self.real, self.verdict = real, None
+
+    def __call__(self, *args, **kw):
+        path, table, self.verdict = self.real(*args, **kw)
+        return path, table, self.verdict

@@ -2,8 +2,9 @@
 
 Dataset → autoencoder → LDM (the backbone, always texture-ad) → one generator per (method, texture, defect
 type) → its pairs → the segmenter comparison per seed → (``--ablations``) the ablation variants and the
-mask models' diversity reports; then ``ldm.demo.report`` writes ``report.md``. ``main`` is
-``scripts/run_demo.py``.
+mask models' diversity reports; then ``ldm.demo.report`` writes ``report.md``. With ``--pipeline_seeds N``
+all of it runs N times with other seeds (``ldm.demo.evidence``) and the evidence is summarised.
+``main`` is ``scripts/run_demo.py``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ldm.data.texture_ad import FAMILIES
-from ldm.demo.report import write_report
+from ldm.demo.evidence import (merge_segmenter_seeds, pipeline_out, segmenter_seeds, train_seed_args,
+                               write_evidence)
+from ldm.demo.report import REPORT_METRICS, load_results, write_report
 from ldm.demo.stages import StageRunner, slug
 from ldm.demo.tiers import TEXTURES, ablation_categories, family_dir, family_suffix, get_parser, resolve
 from utils.cli import run_cli
@@ -46,16 +49,20 @@ def py() -> list[str]:
 
 
 class Demo:
-    def __init__(self, opt, tier: str, runner: StageRunner):
-        self.opt, self.tier, self.runner = opt, tier, runner
-        self.out = Path(opt.out)
+    """The stages of one pipeline seed (``ldm.demo.evidence``): seed 0 writes into ``--out``, seed s > 0 into
+    ``--out/pipeline-seed-<s>``; all read the dataset under ``--out/data``."""
+
+    def __init__(self, opt, tier: str, runner: StageRunner, seed: int = 0):
+        self.opt, self.tier, self.runner, self.seed = opt, tier, runner, seed
+        self.root = Path(opt.out)
+        self.out = pipeline_out(self.root, seed)
         self.backbone_data = self.data_root("texture-ad")   # autoencoder and LDM: always texture-ad
         self.suffix = family_suffix(opt.family)
         self.data = self.data_root(opt.family)
         self.common = ["--gpus", opt.gpus] if opt.gpus else []  # --threads reaches children as OMP_NUM_THREADS
 
     def data_root(self, family: str) -> Path:
-        return family_dir(self.out / "data", "texture-ad", family)
+        return family_dir(self.root / "data", "texture-ad", family)
 
     def folder(self, name: str) -> Path:
         """This family's ``generated``, ``comparison`` or ``ablations`` folder (``family_dir``)."""
@@ -84,8 +91,10 @@ class Demo:
     def train(self, name: str, config: str, steps: int, overrides: list[str], extra_args=()) -> Path:
         logdir = self.out / "logs" / name
         ckpt = logdir / "checkpoints" / "last.ckpt"
+        extra_args = [*extra_args, *train_seed_args(self.seed)]
         if ckpt.is_file():
-            cmd = py() + ["main.py", "-r", str(logdir), "-t", "--max_steps", str(steps), *self.common]
+            cmd = py() + ["main.py", "-r", str(logdir), "-t", "--max_steps", str(steps), *self.common,
+                          *train_seed_args(self.seed)]
         else:
             cmd = py() + ["main.py", "--base", config, "-t", "-l", str(self.out / "logs"), "-lf", name,
                           "--max_steps", str(steps), *self.common, *extra_args, *overrides]
@@ -152,9 +161,11 @@ class Demo:
                       "--anomaly_name", defect, "--pt_path", str(pt_path),
                       "--mask_path", str(self.data / category / "ground_truth" / defect), "--outdir", str(outdir),
                       "--sampler", sampler, "--steps", str(steps), "--farm_mode", farm_mode,
-                      "--n_samples", str(n), "--batch_size", "50", *extra_args]
+                      "--n_samples", str(n), "--batch_size", "50", *extra_args,
+                      *(["--seed", str(self.seed)] if self.seed else [])]
         settings = {"pt": str(pt_path), "sampler": sampler, "steps": steps, "farm": farm_mode, "n": n,
-                    "fast_steps": self.opt.fast_steps, "extra": list(extra_args)}
+                    "fast_steps": self.opt.fast_steps, "extra": list(extra_args),
+                    **({"seed": self.seed} if self.seed else {})}
         name = f"generate {label or sampler + '-' + str(steps)} {category}+{defect}"
         rec = self.runner.run(name, cmd, settings, total=n, unit="pairs", cwd=ROOT,
                               progress=lambda: (count_files(folder / "image-mask-ori"), n),
@@ -197,11 +208,13 @@ class Demo:
 METHODS = {"fast": ("aias", "AIAS"), "stage": ("stage", "STAGE"), "grounding": ("aias", "GroundingAnomaly")}
 
 
-def pipeline(opt, tier: str, runner: StageRunner) -> dict:
-    demo = Demo(opt, tier, runner)
-    demo.dataset()
-    if opt.family != "texture-ad":
-        demo.dataset(opt.family)
+def pipeline(opt, tier: str, runner: StageRunner, seed: int = 0) -> dict:
+    """Every stage of pipeline seed ``seed``; the ablations and mask models run with seed 0 only."""
+    demo = Demo(opt, tier, runner, seed)
+    if seed == 0:
+        demo.dataset()
+        if opt.family != "texture-ad":
+            demo.dataset(opt.family)
     root = [f"data.params.train.params.root={demo.backbone_data}"]
     ae = demo.train("autoencoder", "configs/tiny/autoencoder.yaml", opt.ae_steps, root)
     ldm = demo.train("ldm", "configs/tiny/ldm.yaml", opt.ldm_steps,
@@ -219,12 +232,12 @@ def pipeline(opt, tier: str, runner: StageRunner) -> dict:
     synths = ",".join(methods + ["draem", "cutpaste", "normal"])
     results = {}
     comparison = demo.folder("comparison")
-    for seed in range(opt.seeds):
-        sub = comparison if opt.seeds == 1 else comparison / f"seed-{seed}"
-        results[seed] = demo.compare(demo.compare_name(f"seed {seed}"), sub, opt.categories, synths, seed, dirs,
-                                     opt.n_samples)
+    for seg_seed in segmenter_seeds(seed, opt.seeds):
+        sub = comparison if opt.seeds == 1 else comparison / f"seed-{seg_seed}"
+        results[seg_seed] = demo.compare(demo.compare_name(f"seed {seg_seed}"), sub, opt.categories, synths,
+                                         seg_seed, dirs, opt.n_samples)
     ablations, masks = {}, {}
-    if opt.ablations:
+    if opt.ablations and seed == 0:
         grounding = opt.ablations in ("all", "grounding")
         mask_runs = {cat: demo.mask_model(cat) for cat in ablation_categories(opt)} if grounding else {}
         masks = {f"{cat}+{d}": demo.mask_report(run, cat, d) for cat, run in mask_runs.items() for d in opt.defect_list}
@@ -310,15 +323,25 @@ def main(argv=None) -> int:
     if opt.threads:  # every child stage inherits it: torch's default thread count follows OMP_NUM_THREADS
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(opt.threads)
     runner = StageRunner(out)
-    print(f"FAST demo ({tier}): {', '.join(opt.categories)} x {len(opt.defect_list)} defect types -> {out}\n"
+    print(f"FAST demo ({tier}): {', '.join(opt.categories)} x {len(opt.defect_list)} defect types"
+          + (f" x {opt.pipeline_seeds} pipeline seeds" if opt.pipeline_seeds > 1 else "") + f" -> {out}\n"
           f"  full logs: {out / 'logs' / 'console'}/", flush=True)
     t0 = time.perf_counter()
     res = pipeline(opt, tier, runner)
+    evidence = None
+    if opt.pipeline_seeds > 1:
+        per_seed = {0: merge_segmenter_seeds(load_results(res["results"]))}
+        for seed in range(1, opt.pipeline_seeds):
+            print(f"\npipeline seed {seed} of {opt.pipeline_seeds - 1} -> {pipeline_out(out, seed)}", flush=True)
+            seed_res = pipeline(opt, tier, StageRunner(pipeline_out(out, seed)), seed)
+            per_seed[seed] = merge_segmenter_seeds(load_results(seed_res["results"]))
+        evidence = write_evidence(opt, tier, per_seed, dict(REPORT_METRICS), record=opt.record_evidence)
     wall = time.perf_counter() - t0
-    report, table = write_report(opt, tier, runner, res, wall)
-    print(f"\nDemo finished in {fmt_seconds(wall)}.\n\n{runner.table()}\n\n{table}\n\n"
+    report, table, verdict = write_report(opt, tier, runner, res, wall, evidence)
+    print(f"\nDemo finished in {fmt_seconds(wall)}.\n\n{runner.table()}\n\n{table}\n\n{verdict}\n\n"
           f"Report: {report}\nComparison: {family_dir(out, 'comparison', opt.family)}\n"
-          f"Pairs: {family_dir(out, 'generated', opt.family) / 'fast'}", flush=True)
+          f"Pairs: {family_dir(out, 'generated', opt.family) / 'fast'}"
+          + (f"\nEvidence: {evidence[0]}" if evidence else ""), flush=True)
     return 0
 
 

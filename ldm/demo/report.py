@@ -1,6 +1,7 @@
 """The demo's report: ``<out>/report<suffix>.md`` and ``.json`` -- stage times and peak memory, the
-comparison's metrics as mean ± std over segmenter seeds, pictures, sampler speed, ablations and the
-generated masks' diversity.
+comparison's metrics as mean ± std over segmenter seeds, whether the ranking is more than the noise of
+training the pipeline (``ldm.demo.evidence``), how strongly the generated defects stand out next to the
+real ones (``ldm.quality.contrast``), pictures, sampler speed, ablations and the generated masks' diversity.
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import statistics
 import time
 from pathlib import Path
 
+from ldm.demo.evidence import merge_segmenter_seeds, verdict_for
 from ldm.demo.stages import StageRunner
 from ldm.demo.tiers import TIERS, family_dir, family_suffix
+from ldm.segmentation.evidence import POOLED, describe_paired, evidence_markdown
 from utils.atomic import write_text_atomic
 from utils.progress import fmt_seconds
 
@@ -101,8 +104,81 @@ def masks_section(opt, out: Path, diversity: dict) -> list[str]:
     return lines + [""]
 
 
-def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) -> tuple:
-    """Write ``report<suffix>.md`` and ``.json`` of this run; returns (the report's path, the metrics table)."""
+CONTRAST_FLOOR = 0.5   # generated defects should reach at least half of the real defects' contrast
+
+
+def contrast_rows(opt, out: Path) -> list[dict]:
+    """Per generator and (texture, defect type): the mean contrast of its pairs and of the real defects of that
+    type at the pairs' size (``ldm.quality.contrast``), and their ratio."""
+    from ldm.data.io import image_size
+    from ldm.data.layouts import index_category
+    from ldm.pairs import read_pairs_folder
+    from ldm.quality.contrast import contrast_ratio, pairs_contrast, real_contrast
+
+    data = family_dir(out / "data", "texture-ad", opt.family)
+    generated = family_dir(out, "generated", opt.family)
+    rows = []
+    for cat in opt.categories:
+        index = None
+        for defect in opt.defect_list:
+            real = None
+            for method in ("fast", "stage", "grounding"):
+                folder = generated / method / cat / defect
+                if not folder.is_dir():
+                    continue
+                found = read_pairs_folder(folder)
+                if not found.pairs:
+                    continue
+                if real is None:
+                    index = index or index_category("mvtec", data, cat)
+                    real = real_contrast(index.samples(defect), image_size(found.pairs[0].image))
+                gen = pairs_contrast(folder)
+                rows.append({"method": method, "category": cat, "defect": defect, "generated": gen["contrast"],
+                             "pairs": gen["n"], "real": real["contrast"], "real_defects": real["n"],
+                             "ratio": contrast_ratio(gen, real)})
+    return rows
+
+
+def contrast_section(rows: list[dict]) -> list[str]:
+    lines = ["## Do the generated defects show?", "",
+             "Defect contrast: |mean inside the mask − mean outside| over the colour channels, in 0-255 grey "
+             "levels (`ldm/quality/contrast.py`), averaged over each generator's pairs and over all real defects "
+             "of the type at the same size. A ratio under "
+             f"{CONTRAST_FLOOR:.0%} means the generated defects are much fainter than real ones.", "",
+             "| generator | texture / defect | generated | real | ratio |", "|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.0%}" + (" (faint)" if r["ratio"] < CONTRAST_FLOOR
+                                                                          else "")
+        gen = "n/a" if r["generated"] is None else f"{r['generated']:.1f}"
+        real = "n/a" if r["real"] is None else f"{r['real']:.1f}"
+        lines.append(f"| {r['method']} | {r['category']}/{r['defect']} | {gen} ({r['pairs']} pairs) | {real} "
+                     f"({r['real_defects']}) | {ratio} |")
+    return lines + [""]
+
+
+def noise_section(opt, out: Path, docs: list[dict], evidence) -> tuple[list[str], str]:
+    """The report's section on noise, and the one-line verdict the console prints: this run's evidence
+    (``--pipeline_seeds``), or this single run judged against the last evidence run on record."""
+    lines = ["## Is this ranking more than noise?", ""]
+    if evidence is not None:
+        path, doc = evidence
+        p = doc["paired"].get(POOLED)
+        verdict = (f"Evidence over {len(doc['seeds'])} pipeline seeds: {describe_paired(p)} anomaly IoU points, "
+                   + ("FAST ahead." if p["lo"] > 0 else "FAST behind." if p["hi"] < 0 else
+                      "the interval includes zero: inside the noise.")) if p else "No paired evidence."
+        lines += [f"{verdict} Every pipeline seed retrains the autoencoder, the LDM, every generator, the "
+                  f"baselines' synthesis and the segmenter (`{rel(path, out)}`).", "",
+                  evidence_markdown(doc, dict(REPORT_METRICS)), ""]
+        return lines, verdict
+    if not docs:
+        return [], ""
+    verdict = verdict_for(merge_segmenter_seeds(docs), out, opt.family)
+    return lines + [verdict, ""], verdict
+
+
+def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float, evidence=None) -> tuple:
+    """Write ``report<suffix>.md`` and ``.json`` of this run (``evidence``: ``(path, document)`` of this run's
+    evidence tier, if any); returns (the report's path, the metrics table, the noise verdict)."""
     out = Path(opt.out)
     suffix = family_suffix(opt.family)
     comparison = family_dir(out, "comparison", opt.family)
@@ -131,6 +207,11 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
         beats = all(f_iou > v for v in others.values())
         lines += [f"FAST {'beats' if beats else 'does not beat'} DRAEM and CutPaste on mean anomaly IoU "
                   f"({100 * f_iou:.1f} vs " + ", ".join(f"{s} {100 * v:.1f}" for s, v in others.items()) + ").", ""]
+    noise, verdict = noise_section(opt, out, docs, evidence)
+    lines += noise
+    contrast = contrast_rows(opt, out)
+    if contrast:
+        lines += contrast_section(contrast)
     chart = comparison / "bars.png" if n_seeds == 1 else comparison / "seed-0" / "bars.png"
     lines += ["## Pictures", ""]
     if chart.is_file():
@@ -189,9 +270,10 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float) ->
               "- `logs/<stage>/` (checkpoints, image grids, `timing.json`), `logs/console/*.log` (full output)",
               "- `stages/*.json` (per-stage time and peak memory, used to skip finished stages)", ""]
     doc = {"tier": tier, "wall_seconds": wall, "stages": [r.as_dict() for r in runner.records],
-           "metrics": summary, "masks": diversity, "budget": {k: getattr(opt, k) for k in TIERS["default"]}}
+           "metrics": summary, "masks": diversity, "budget": {k: getattr(opt, k) for k in TIERS["default"]},
+           "verdict": verdict, "contrast": contrast}
     write_text_atomic(out / f"report{suffix}.json", json.dumps(doc, indent=1, default=str) + "\n")
     path = out / f"report{suffix}.md"
     write_text_atomic(path, "\n".join(lines))
-    return path, table
+    return path, table, verdict
 

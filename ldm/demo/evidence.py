@@ -1,0 +1,113 @@
+"""The demo's evidence tier: the whole pipeline once per *pipeline seed*, then FAST against the baselines
+with paired intervals over those seeds (``ldm.segmentation.evidence``).
+
+Pipeline seed 0 is the default demo itself (its folders, its seeds); pipeline seed s > 0 retrains every
+learned part with other seeds in ``<out>/pipeline-seed-<s>/`` on the same dataset: the autoencoder, the
+LDM and every generator (``main.py --seed 23 + s``), generation (``--seed s``), the baselines and the
+segmenter (the comparison's ``--seed``). The result is ``<out>/evidence<suffix>.json`` and ``.md``;
+``--record_evidence`` also writes it to ``docs/evidence/<family>.json``, the record a default demo on
+any machine compares its single run with.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Mapping, Optional
+
+from ldm.demo.tiers import family_suffix
+from ldm.segmentation.evidence import evidence_markdown, single_run_verdict, summarise
+from utils.atomic import write_text_atomic
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORD_DIR = ROOT / "docs" / "evidence"
+TRAIN_SEED = 23          # main.py's default --seed: pipeline seed s trains with TRAIN_SEED + s
+
+
+def pipeline_out(out: Path, seed: int) -> Path:
+    """Where pipeline seed ``seed`` writes: ``out`` itself for seed 0 (the default demo), else
+    ``out/pipeline-seed-<seed>``."""
+    return Path(out) if seed == 0 else Path(out) / f"pipeline-seed-{seed}"
+
+
+def train_seed_args(seed: int) -> list[str]:
+    """``main.py`` arguments of pipeline seed ``seed`` (none for seed 0: the default demo's commands)."""
+    return [] if seed == 0 else ["--seed", str(TRAIN_SEED + seed)]
+
+
+def segmenter_seeds(pipeline_seed: int, per_pipeline: int) -> list[int]:
+    """The comparison seeds (segmenter initialisation, baseline synthesis) of one pipeline seed; seed 0's are
+    0 … per_pipeline − 1, as in the default demo, and no two pipeline seeds share one."""
+    return [pipeline_seed * per_pipeline + j for j in range(per_pipeline)]
+
+
+def merge_segmenter_seeds(docs: list[dict]) -> dict:
+    """One comparison document per pipeline seed: each value is the mean over that seed's segmenter seeds."""
+    if len(docs) == 1:
+        return docs[0]
+    merged = {k: v for k, v in docs[0].items() if k != "results"}
+    merged["results"] = {}
+    for synth in docs[0].get("results", {}):
+        scopes = docs[0]["results"][synth]
+        merged["results"][synth] = {}
+        for scope, metrics in scopes.items():
+            if not isinstance(metrics, Mapping):
+                continue
+            out = {}
+            for key in metrics:
+                vals = [d["results"][synth][scope][key] for d in docs
+                        if isinstance(d.get("results", {}).get(synth, {}).get(scope, {}).get(key), (int, float))]
+                if vals:
+                    out[key] = statistics.fmean(vals)
+            merged["results"][synth][scope] = out
+    return merged
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}, {platform.processor() or 'unknown CPU'})"
+
+
+def write_evidence(opt, tier: str, per_seed: Mapping[int, dict], metric_labels: Mapping[str, str],
+                   record: bool = False) -> tuple[Path, dict]:
+    """Summarise ``per_seed`` (pipeline seed → merged comparison document) into ``<out>/evidence<suffix>.json``
+    and ``.md`` (and the family's record under ``docs/evidence/`` when ``record``)."""
+    doc = summarise(per_seed, metrics=[k for k in metric_labels])
+    doc.update(family=opt.family, tier=tier, machine=machine(), finished=time.strftime("%Y-%m-%d %H:%M"),
+               command="bash scripts/demo.sh " + " ".join(opt.argv),
+               budget={k: getattr(opt, k) for k in ("ae_steps", "ldm_steps", "fast_steps", "n_samples", "seg_steps",
+                                                     "aias_steps")})
+    suffix = family_suffix(opt.family)
+    out = Path(opt.out)
+    text = json.dumps(doc, indent=1, default=str) + "\n"
+    path = out / f"evidence{suffix}.json"
+    write_text_atomic(path, text)
+    head = [f"# Evidence over {len(doc['seeds'])} pipeline seeds — {opt.family}", "",
+            f"Machine: {doc['machine']}. Command: `{doc['command']}`. Finished {doc['finished']}.", "",
+            "Every pipeline seed retrains the autoencoder, the LDM, every generator, the baselines' synthesis and "
+            "the segmenter with its own seeds, on the same dataset and split.", "", ""]
+    write_text_atomic(out / f"evidence{suffix}.md", "\n".join(head) + evidence_markdown(doc, metric_labels))
+    if record:
+        RECORD_DIR.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(RECORD_DIR / f"{opt.family}.json", text)
+    return path, doc
+
+
+def last_evidence(out: Path, family: str) -> Optional[tuple[dict, str]]:
+    """The evidence a single run is judged against: this output folder's own evidence run if it has one, else
+    the family's record in ``docs/evidence/``; with a short description of where it ran."""
+    for path in (Path(out) / f"evidence{family_suffix(family)}.json", RECORD_DIR / f"{family}.json"):
+        if path.is_file():
+            doc = json.loads(path.read_text())
+            where = f"{len(doc.get('seeds', []))} pipeline seeds on {doc.get('machine', 'an unknown machine')}, " \
+                    f"{doc.get('finished', 'undated')}"
+            return doc, where
+    return None
+
+
+def verdict_for(results_doc: dict, out: Path, family: str) -> str:
+    """The single-run verdict (``single_run_verdict``) of ``results_doc`` against ``last_evidence``."""
+    found = last_evidence(out, family)
+    return single_run_verdict(results_doc, found[0] if found else None, found[1] if found else "")

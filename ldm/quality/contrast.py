@@ -1,0 +1,73 @@
+"""Defect contrast: how strongly a defect stands out from its own image, in 0-255 grey levels.
+
+    contrast(I, M) = mean over channels c of | mean_{p ∈ M} I_c(p) − mean_{p ∉ M} I_c(p) |
+
+One number per (image, mask), the same for a real defect and a generated one, so the two can be
+compared directly: a generator whose crack pairs reach a small fraction of the real cracks' contrast
+draws defects a segmenter hardly sees, whatever its IoU table says. The first-stage check
+(``ldm.first_stage_check.defect_contrast``) uses the same measure to tell what the autoencoder's round
+trip keeps of real defects. Masks that are empty or cover the whole image have no contrast and are
+skipped.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+
+GREY_LEVELS_PER_UNIT = 127.5    # one unit of a [-1, 1] image in 0-255 grey levels
+
+
+def mask_contrast(x: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Per image, in the units of ``x``: B×3×H×W images, B×H×W bool masks → B contrasts (module formula)."""
+    m = inside[:, None].to(x.dtype)
+    mean_in = (x * m).sum(dim=(2, 3)) / m.sum(dim=(2, 3)).clamp(min=1)
+    mean_out = (x * (1 - m)).sum(dim=(2, 3)) / (1 - m).sum(dim=(2, 3)).clamp(min=1)
+    return (mean_in - mean_out).abs().mean(dim=1)
+
+
+def has_contrast(mask: np.ndarray) -> bool:
+    """A mask whose contrast is defined: neither empty nor the whole image."""
+    inside = np.asarray(mask) > 0.5
+    return bool(inside.any()) and not bool(inside.all())
+
+
+def image_contrast(image: np.ndarray, mask: np.ndarray) -> Optional[float]:
+    """The contrast of one uint8 H×W×3 image (0-255 levels) inside ``mask`` (H×W, > 0.5 inside), or None
+    when the mask has none (``has_contrast``)."""
+    if not has_contrast(mask):
+        return None
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    return float(mask_contrast(x, torch.from_numpy(np.asarray(mask) > 0.5)[None])[0])
+
+
+def mean_contrast(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """``{"n", "contrast"}``: the mean contrast (0-255 levels) over (uint8 image, mask) pairs that have one."""
+    values = [c for c in (image_contrast(img, m) for img, m in pairs) if c is not None]
+    return {"n": len(values), "contrast": round(float(np.mean(values)), 2) if values else None}
+
+
+def pairs_contrast(folder) -> dict:
+    """``mean_contrast`` of the complete pairs of one ``<category>/<defect>`` pairs folder (``ldm.pairs``):
+    each generated image against its own mask."""
+    from ldm.data.io import load_image_uint8, load_mask
+    from ldm.pairs import read_pairs_folder
+
+    found = read_pairs_folder(folder)
+    return mean_contrast((load_image_uint8(p.image), load_mask(p.mask)) for p in found.pairs)
+
+
+def real_contrast(samples: Iterable, size) -> dict:
+    """``mean_contrast`` of real anomalies (``ldm.data.layouts.AnomalySample``: ``image``, ``mask``), both
+    brought to the working ``size`` the way training and evaluation load them."""
+    from ldm.data.io import load_image_uint8, load_mask
+
+    return mean_contrast((load_image_uint8(s.image, size), load_mask(s.mask, size)) for s in samples)
+
+
+def contrast_ratio(generated: dict, real: dict) -> Optional[float]:
+    """Generated contrast as a share of the real one (1: as strong; None when either is unknown)."""
+    if not generated.get("contrast") or not real.get("contrast"):
+        return None
+    return round(generated["contrast"] / real["contrast"], 3)
