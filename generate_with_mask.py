@@ -20,16 +20,14 @@ import argparse
 import os
 import sys
 
-from utils.cli import ArgumentParser
 
 
 def get_parser(cls=None) -> argparse.ArgumentParser:
     """One flag per command-line field of ``cls`` (default ``GenerationOptions``), plus ``--adaptive_mask``."""
     from ldm.generation import GenerationOptions
-    from utils.options import add_options
+    from utils.options import options_parser
 
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_options(p, cls or GenerationOptions)
+    p = options_parser(cls or GenerationOptions, __doc__)
     p.add_argument("--adaptive_mask", action="store_true", help="accepted for compatibility; ignored (as officially)")
     return p
 

@@ -20,18 +20,15 @@ import sys
 from pathlib import Path
 
 from utils.acceleration import Acceleration
-from utils.cli import ArgumentParser
 from utils.errors import UserError
 
 
 def get_parser() -> argparse.ArgumentParser:
     """One flag per field of ``ldm.trainer.options.TrainOptions``."""
     from ldm.trainer.options import TrainOptions
-    from utils.options import add_options
+    from utils.options import options_parser
 
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_options(p, TrainOptions)
-    return p
+    return options_parser(TrainOptions, __doc__)
 
 
 # Framework messages that say nothing about this run, each for a known reason:

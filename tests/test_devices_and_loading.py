@@ -1,6 +1,5 @@
 """--gpus parsing, atomic writes and loading files without executing code from them."""
 import os
-import pickle
 
 import pytest
 import torch

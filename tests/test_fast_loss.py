@@ -9,7 +9,7 @@
 import pytest
 import torch
 
-from ldm.models.diffusion.fast import latent_mask
+from ldm.models.diffusion.latent_mask import latent_mask
 from ldm.util import instantiate_from_config
 from tests.tiny_configs import fast_config
 

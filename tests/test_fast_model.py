@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from ldm.models.diffusion.adaptor import FineTune, apply_adaptor, build_adaptor
-from ldm.models.diffusion.fast import available_artifact_steps, latent_mask
+from ldm.models.diffusion.fast import available_artifact_steps
+from ldm.models.diffusion.latent_mask import latent_mask
 from ldm.models.recon_net import FARM
 from ldm.util import instantiate_from_config
 from tests.tiny_configs import fast_config

@@ -10,7 +10,7 @@ from PIL import Image
 import generate_with_mask as gen
 from ldm.data.layouts import index_category
 from ldm.generation import load_run
-from ldm.models.diffusion.fast import latent_mask, thin_latent_masks
+from ldm.models.diffusion.latent_mask import latent_mask, thin_latent_masks
 from ldm.models.diffusion.sampler_registry import build_sampler
 from ldm.models.diffusion.schedule import NoiseSchedule
 from ldm.pairs import pair_seed, read_index

@@ -11,7 +11,7 @@ from ldm.data.layouts import index_category, split_anomalies
 from ldm.segmentation import build_segmenter, load_segmenter
 from ldm.segmentation.data import EvaluationSet, MixedTrainSet, scan_pairs, split_validation
 from ldm.segmentation.evaluate import evaluate_segmenter, predict_probs
-from ldm.segmentation.train import TrainConfig, ce_dice_loss, fit_and_evaluate, focal_loss
+from ldm.segmentation.train import ce_dice_loss, focal_loss
 from ldm.synthesizers.common import synthesize_baseline
 from tests.fixtures_data import make_mvtec_tree as _make_mvtec_tree
 from utils.metrics import METRIC_KEYS

@@ -110,6 +110,16 @@ def add_options(parser: argparse.ArgumentParser, cls, *, skip: Iterable[str] = (
         parser.add_argument(*flags(f), **kw)
 
 
+def options_parser(cls, description: Optional[str]) -> argparse.ArgumentParser:
+    """A command's parser: ``utils.cli.ArgumentParser`` (one-line errors) with ``description`` (the command's
+    docstring, kept as written) and one flag per ``cli=True`` field of ``cls``."""
+    from utils.cli import ArgumentParser
+
+    parser = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(parser, cls)
+    return parser
+
+
 def options_from_args(cls, namespace: argparse.Namespace, **overrides):
     """The ``cls`` instance of parsed arguments: each ``cli=True`` field from ``namespace`` (on/off
     flags as booleans), then ``overrides`` (field name → value) for anything else."""

@@ -13,7 +13,6 @@ import random
 from typing import Optional, Sequence, Union
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 

@@ -35,11 +35,11 @@ from ldm.synthesizers.cutpaste import VARIANTS
 from ldm.quality.folders import folder_quality
 from ldm.quality.pixels import split_strip
 from utils.atomic import write_text_atomic
-from utils.cli import ArgumentParser, run_cli
+from utils.cli import run_cli
 from utils.contact_sheet import prediction_sheet, save_rows
 from utils.errors import InputNotFound, UserError
 from utils.metrics import METRIC_KEYS, METRIC_LABELS, jsonable, mean_over
-from utils.options import add_options, option, options_from_args
+from utils.options import option, options_from_args, options_parser
 from utils.plots import bar_chart, stack_vertical
 
 GENERATED = ("fast", "stage", "grounding")  # trained generators whose pairs come pre-generated
@@ -360,9 +360,7 @@ def markdown(doc: dict, cats: list[str]) -> str:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_options(p, CompareOptions)
-    return p
+    return options_parser(CompareOptions, __doc__)
 
 
 def main(argv=None) -> int:

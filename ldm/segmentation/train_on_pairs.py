@@ -18,11 +18,11 @@ from ldm.segmentation.data import EvaluationSet, scan_pairs
 from ldm.segmentation.recipe import SegmenterOptions, training_setup
 from ldm.segmentation.train import fit_and_evaluate
 from utils.atomic import write_text_atomic
-from utils.cli import ArgumentParser, run_cli
+from utils.cli import run_cli
 from utils.contact_sheet import prediction_sheet
 from utils.errors import UserError
 from utils.metrics import METRIC_KEYS, METRIC_LABELS, jsonable
-from utils.options import add_options, option, options_from_args
+from utils.options import option, options_from_args, options_parser
 
 
 @dataclass(kw_only=True)
@@ -38,9 +38,7 @@ class TrainOnPairsOptions(SegmenterOptions):
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_options(p, TrainOnPairsOptions)
-    return p
+    return options_parser(TrainOnPairsOptions, __doc__)
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from ldm.models.diffusion.adaptor import apply_adaptor, build_adaptor
-from ldm.models.diffusion.latent_mask import latent_mask, thin_latent_masks  # noqa: F401  (public here too)
 from ldm.models.diffusion.masked import MaskedLatentDiffusion
 from ldm.util import default, instantiate_from_config
 
