@@ -22,13 +22,14 @@ the same checks on its config (without the data paths, which it sets per run).
 """
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from utils.errors import InputNotFound, UserError
+
+from .util import get_obj_from_str
 
 SPLITS = ("train", "validation", "test")
 MAX_SEED = 2 ** 32 - 1          # what Lightning's seed_everything accepts (it silently uses 0 otherwise)
@@ -161,15 +162,12 @@ def check_target(key: str, target: Any) -> None:
     """``target`` names an importable ``package.module.Name``; ``key`` is its dotted config key."""
     if not isinstance(target, str) or not target.strip():
         raise UserError(f"{key}: expected a dotted class path like 'package.module.Class', got {target!r}")
-    module, _, name = target.rpartition(".")
-    if not module:
-        raise UserError(f"{key}: '{target}' is not a dotted path (expected 'package.module.Class')")
     try:
-        mod = importlib.import_module(module)
+        get_obj_from_str(target)
+    except UserError as e:
+        raise UserError(f"{key}: {e}") from None
     except ImportError as e:
         raise UserError(f"{key}: cannot import '{target}' ({_first_line(e)})") from None
-    if not hasattr(mod, name):
-        raise UserError(f"{key}: cannot import '{target}' (module '{module}' has no '{name}')")
 
 
 def check_int(key: str, value, minimum: int, allow: str = "") -> None:

@@ -32,6 +32,15 @@ def descending_transitions(timesteps: Sequence[int], num_timesteps: int) -> list
     return list(zip(ts, ts[1:] + [final]))
 
 
+def ldm_transitions(schedule: NoiseSchedule, steps: int, timesteps: Sequence[int] | None, discretize: str,
+                    t_start: int | None) -> list[tuple[int, int]]:
+    """The (t_s, t_e) pairs DDIM and PLMS walk: LDM's grid (or ``timesteps``), cut at ``t_start``."""
+    if timesteps is None:
+        timesteps = ddim_timesteps(schedule.num_timesteps, steps, discretize)
+    timesteps = truncate_grid(timesteps, t_start, schedule.num_timesteps)
+    return descending_transitions(timesteps, schedule.num_timesteps)
+
+
 class DDIMSteps(Sampler):
     """DDIM as a list of ``Step``s on LDM's grid (``ldm.models.diffusion.ddim.DDIMSampler`` is the
     CompVis-API adapter over it)."""
@@ -41,11 +50,8 @@ class DDIMSteps(Sampler):
                  t_start: int | None = None, clip_x0: float | None = None):
         super().__init__(schedule, clip_x0=clip_x0)
         self.eta = float(eta)
-        if timesteps is None:
-            timesteps = ddim_timesteps(schedule.num_timesteps, steps, discretize)
         self.t_start = None if t_start is None else int(t_start)
-        timesteps = truncate_grid(timesteps, self.t_start, schedule.num_timesteps)
-        self.transitions = descending_transitions(timesteps, schedule.num_timesteps)
+        self.transitions = ldm_transitions(schedule, steps, timesteps, discretize, self.t_start)
         self.timesteps = [t_s for t_s, _ in self.transitions]
         out = []
         for t_s, t_e in self.transitions:
