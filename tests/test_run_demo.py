@@ -198,6 +198,23 @@ def test_mask_budget_must_be_positive(tmp_path):
             resolve(get_parser().parse_args(["--out", str(tmp_path), flag, "0"]))
 
 
+@pytest.mark.parametrize("category,expected", [
+    ("brick", ["brick"]), ("grass,gravel", ["grass", "gravel"]), ("all", ["brick", "grass", "gravel"])])
+def test_category_list_or_all(tmp_path, category, expected):
+    from ldm.demo.tiers import get_parser, resolve
+
+    opt = get_parser().parse_args(["--out", str(tmp_path), "--category", category])
+    resolve(opt)
+    assert opt.categories == expected
+
+
+def test_unknown_category_is_one_line_error(tmp_path):
+    from ldm.demo.tiers import get_parser, resolve
+
+    with pytest.raises(UserError, match="--category must be 'all' or some of brick, grass, gravel, got 'brick,wood'"):
+        resolve(get_parser().parse_args(["--out", str(tmp_path), "--category", "brick,wood"]))
+
+
 @pytest.mark.parametrize("args,ablations,grounding", [
     ([], None, False), (["--ablations"], "all", True), (["--ablations", "fast"], "fast", False),
     (["--ablations", "grounding"], "grounding", True), (["--full"], "all", True)])

@@ -40,7 +40,7 @@ def family_dir(out: Path, name: str, family: str) -> Path:
 def get_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=ldm.demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="everything the demo writes goes here")
-    p.add_argument("--category", default="brick", help="texture-ad category (brick, grass, gravel); --full: all")
+    p.add_argument("--category", default="brick", help="texture-ad categories, comma-separated, or 'all' (brick, grass, gravel); --full: all")
     p.add_argument("--family", choices=list(FAMILIES), default="texture-ad",
                    help="defect family to synthesise and evaluate: texture-ad, or wild (other rendering code on "
                         "the same normal images, never used to tune anything); the backbone is always texture-ad's")
@@ -103,13 +103,15 @@ def resolve(opt) -> str:
               "diversity_masks", "pipeline_seeds"):
         if getattr(opt, k) < 1:
             raise UserError(f"--{k} must be >= 1, got {getattr(opt, k)}")
-    opt.categories = list(TEXTURES) if opt.full else [opt.category]
+    opt.categories = list(TEXTURES) if opt.full or opt.category == "all" else \
+        [c.strip() for c in opt.category.split(",") if c.strip()]
     opt.stage = bool(opt.stage or opt.full)
     if opt.full and opt.ablations is None:
         opt.ablations = "all"
     opt.grounding = bool(opt.grounding or opt.full or opt.ablations in ("all", "grounding"))
-    if opt.category not in TEXTURES:
-        raise UserError(f"--category must be one of {', '.join(TEXTURES)}, got '{opt.category}'")
+    unknown = [c for c in opt.categories if c not in TEXTURES]
+    if unknown or not opt.categories:
+        raise UserError(f"--category must be 'all' or some of {', '.join(TEXTURES)}, got '{opt.category}'")
     opt.defect_list = [d for d in (opt.defects or ",".join(FAMILIES[opt.family])).split(",") if d]
     if not opt.defect_list:
         raise UserError("--defects is empty")
