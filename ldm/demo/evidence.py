@@ -70,6 +70,14 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({platform.machine()}, {platform.processor() or 'unknown CPU'})"
 
 
+BUDGET_KEYS = ("ae_steps", "ldm_steps", "fast_steps", "n_samples", "seg_steps", "aias_steps")
+
+
+def run_budget(opt) -> dict:
+    """The step and pair budgets of a run: an evidence record speaks only for runs with the same budget."""
+    return {k: getattr(opt, k) for k in BUDGET_KEYS}
+
+
 def write_evidence(opt, tier: str, per_seed: Mapping[int, dict], metric_labels: Mapping[str, str],
                    record: bool = False) -> tuple[Path, dict]:
     """Summarise ``per_seed`` (pipeline seed → merged comparison document) into ``<out>/evidence<suffix>.json``
@@ -77,8 +85,7 @@ def write_evidence(opt, tier: str, per_seed: Mapping[int, dict], metric_labels: 
     doc = summarise(per_seed, metrics=[k for k in metric_labels])
     doc.update(family=opt.family, tier=tier, machine=machine(), finished=time.strftime("%Y-%m-%d %H:%M"),
                command="bash scripts/demo.sh " + " ".join(opt.argv),
-               budget={k: getattr(opt, k) for k in ("ae_steps", "ldm_steps", "fast_steps", "n_samples", "seg_steps",
-                                                     "aias_steps")})
+               budget=run_budget(opt))
     suffix = family_suffix(opt.family)
     out = Path(opt.out)
     text = json.dumps(doc, indent=1, default=str) + "\n"
@@ -95,19 +102,23 @@ def write_evidence(opt, tier: str, per_seed: Mapping[int, dict], metric_labels: 
     return path, doc
 
 
-def last_evidence(out: Path, family: str) -> Optional[tuple[dict, str]]:
+def last_evidence(out: Path, family: str, budget: Optional[Mapping] = None) -> Optional[tuple[dict, str]]:
     """The evidence a single run is judged against: this output folder's own evidence run if it has one, else
-    the family's record in ``docs/evidence/``; with a short description of where it ran."""
+    the family's record in ``docs/evidence/``; with a short description of where it ran. With ``budget``, a
+    record measured with other budgets (another tier) is passed over: its spread says nothing about this run."""
     for path in (Path(out) / f"evidence{family_suffix(family)}.json", RECORD_DIR / f"{family}.json"):
         if path.is_file():
             doc = json.loads(path.read_text())
+            if budget is not None and doc.get("budget") != dict(budget):
+                continue
             where = f"{len(doc.get('seeds', []))} pipeline seeds on {doc.get('machine', 'an unknown machine')}, " \
                     f"{doc.get('finished', 'undated')}"
             return doc, where
     return None
 
 
-def verdict_for(results_doc: dict, out: Path, family: str) -> str:
-    """The single-run verdict (``single_run_verdict``) of ``results_doc`` against ``last_evidence``."""
-    found = last_evidence(out, family)
+def verdict_for(results_doc: dict, out: Path, family: str, budget: Optional[Mapping] = None) -> str:
+    """The single-run verdict (``single_run_verdict``) of ``results_doc`` against ``last_evidence`` for the
+    same ``budget``."""
+    found = last_evidence(out, family, budget)
     return single_run_verdict(results_doc, found[0] if found else None, found[1] if found else "")

@@ -14,7 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-from ldm.demo.evidence import merge_segmenter_seeds, verdict_for
+from ldm.demo.evidence import merge_segmenter_seeds, run_budget, verdict_for
 from ldm.demo.stages import StageRunner
 from ldm.demo.tiers import TIERS, family_dir, family_suffix
 from ldm.segmentation.evidence import POOLED, describe_paired, evidence_markdown
@@ -172,7 +172,7 @@ def noise_section(opt, out: Path, docs: list[dict], evidence) -> tuple[list[str]
         return lines, verdict
     if not docs:
         return [], ""
-    verdict = verdict_for(merge_segmenter_seeds(docs), out, opt.family)
+    verdict = verdict_for(merge_segmenter_seeds(docs), out, opt.family, run_budget(opt))
     return lines + [verdict, ""], verdict
 
 
