@@ -40,7 +40,8 @@ def family_dir(out: Path, name: str, family: str) -> Path:
 def get_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=ldm.demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="everything the demo writes goes here")
-    p.add_argument("--category", default="brick", help="texture-ad categories, comma-separated, or 'all' (brick, grass, gravel); --full: all")
+    p.add_argument("--category", default="brick",
+                   help="texture-ad categories, comma-separated, or 'all' (brick, grass, gravel); --full: all")
     p.add_argument("--family", choices=list(FAMILIES), default="texture-ad",
                    help="defect family to synthesise and evaluate: texture-ad, or wild (other rendering code on "
                         "the same normal images, never used to tune anything); the backbone is always texture-ad's")

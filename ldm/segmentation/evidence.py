@@ -185,8 +185,8 @@ def single_run_verdict(results: Mapping, evidence: Optional[Mapping], source: st
     gap = fast - base[best]
     head = f"This single run: FAST − {best} = {_pct(gap)} anomaly IoU points."
     if not evidence or POOLED not in evidence.get("paired", {}):
-        return head + (" No evidence run with this run's budgets is on record, so its spread is unknown: a single run cannot tell a "
-                       "lead from noise (run the demo with `--pipeline_seeds 3`, or `--full`).")
+        return head + (" No evidence run with this run's budgets is on record, so its spread is unknown: a single "
+                       "run cannot tell a lead from noise (run the demo with `--pipeline_seeds 3`, or `--full`).")
     p = evidence["paired"][POOLED]
     sd = p["std"]
     where = f" ({source})" if source else ""
