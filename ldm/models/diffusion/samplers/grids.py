@@ -1,6 +1,8 @@
 """Timestep grids (0-based LDM indices, descending unless stated)."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from utils.errors import UserError
@@ -65,3 +67,33 @@ def ddim_timesteps(num_timesteps: int, steps: int, discretize: str = "uniform") 
     # LDM's "+1" pushes T//S == 1 grids past the end; keep valid, strictly increasing indices only
     ts = sorted({min(t, num_timesteps - 1) for t in ts})
     return ts
+
+
+def truncate_grid(timesteps: Sequence[int], t_start: int | None, num_timesteps: int) -> list[int]:
+    """The grid for a run that starts at ``t_start`` (SDEdit / NDI): the grid points below it plus
+    ``t_start`` itself, so the first network call sees the state exactly where x_T was noised to."""
+    if t_start is None:
+        return list(timesteps)
+    t_start = int(t_start)
+    if not (0 <= t_start <= num_timesteps - 1):
+        raise UserError(f"t_start must lie in [0, {num_timesteps - 1}], got {t_start}")
+    return [int(t) for t in timesteps if int(t) < t_start] + [t_start]
+
+
+def descending_transitions(timesteps: Sequence[int], num_timesteps: int) -> list[tuple[int, int]]:
+    """(t_s, t_e) pairs over a grid, largest first. As in LDM the last step lands on c = 0
+    (alphas_cumprod[0], not clean data); a grid that already contains 0 ends on clean data (-1)."""
+    ts = sorted({int(t) for t in timesteps}, reverse=True)
+    if not ts or ts[-1] < 0 or ts[0] > num_timesteps - 1:
+        raise UserError(f"timesteps must lie in [0, {num_timesteps - 1}], got {list(timesteps)}")
+    final = 0 if ts[-1] > 0 else -1
+    return list(zip(ts, ts[1:] + [final]))
+
+
+def ldm_transitions(num_timesteps: int, steps: int, timesteps: Sequence[int] | None, discretize: str,
+                    t_start: int | None) -> list[tuple[int, int]]:
+    """The (t_s, t_e) pairs DDIM and PLMS walk: LDM's grid (or ``timesteps``), cut at ``t_start``."""
+    if timesteps is None:
+        timesteps = ddim_timesteps(num_timesteps, steps, discretize)
+    timesteps = truncate_grid(timesteps, t_start, num_timesteps)
+    return descending_transitions(timesteps, num_timesteps)

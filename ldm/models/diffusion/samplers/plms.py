@@ -15,7 +15,7 @@ from utils.errors import UserError
 
 from ..schedule import NoiseSchedule
 from .base import Sampler, Step
-from .ddim import ldm_transitions
+from .grids import ldm_transitions
 from .kernels import ddim_coefficients
 
 
@@ -27,7 +27,7 @@ class PLMSSteps(Sampler):
             raise UserError(f"PLMS is deterministic: eta must be 0, got {eta}")
         super().__init__(schedule, clip_x0=clip_x0)
         self.t_start = None if t_start is None else int(t_start)
-        self.transitions = ldm_transitions(schedule, steps, timesteps, discretize, self.t_start)
+        self.transitions = ldm_transitions(schedule.num_timesteps, steps, timesteps, discretize, self.t_start)
         self.timesteps = [t_s for t_s, _ in self.transitions]
         self.steps = [Step(t_s, t_e, *ddim_coefficients(schedule, t_s, t_e, 0.0)[:2], 0.0)
                       for t_s, t_e in self.transitions]
