@@ -208,3 +208,54 @@ def test_vq_interface_and_identity():
     assert ident.encode(x) is x and ident.decode(x) is x
     assert ident.quantize(x)[0] is x
     assert IdentityFirstStage().quantize(x) is x
+
+
+class _MaskedImages(torch.utils.data.Dataset):
+    """Random images with a thin horizontal 'crack' mask on the first, an all-zero mask (normal) on the second."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.rand(2, 32, 32, 3, generator=g) * 2 - 1
+        self.masks = torch.zeros(2, 32, 32)
+        self.masks[0, 15, 4:28] = 1.0
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "mask": self.masks[i]}
+
+
+def test_defect_loss_weight_reaches_the_reconstruction_loss(monkeypatch):
+    """w > 1 weights the L1 term by 1 + (w − 1)·mask inside defects, 1 on normal pixels and images."""
+    torch.manual_seed(0)
+    model = tiny_ae(KL_LOSS, defect_loss_weight=10.0)
+    model.learning_rate = 1e-3
+    seen = []
+    forward = model.loss.forward
+
+    def spy(*args, **kw):
+        seen.append(kw.get("weights"))
+        return forward(*args, **kw)
+
+    monkeypatch.setattr(model.loss, "forward", spy)
+    data = _MaskedImages()
+    _trainer().fit(model, torch.utils.data.DataLoader(data, batch_size=2))
+    assert len(seen) == 3 and all(w is not None for w in seen)
+    expected = 1.0 + 9.0 * data.masks[:, None]
+    torch.testing.assert_close(seen[0], expected)
+    assert seen[0][0, 0, 15, 4:28].eq(10.0).all() and seen[0][1].eq(1.0).all()
+    # and the loss is the closed form: sum of weighted |x − x̂| per sample + kl_weight · KL
+    x = model.get_input(next(iter(torch.utils.data.DataLoader(data, batch_size=2))), "image")
+    model.eval()
+    rec, post = model(x, sample_posterior=False)
+    loss, _ = model.loss(x, rec, post, 0, 0, weights=expected)
+    closed = (expected * (x - rec).abs()).sum() / 2 + 1e-6 * post.kl().sum() / 2
+    torch.testing.assert_close(loss, closed, rtol=1e-5, atol=1e-4)
+
+
+def test_uniform_loss_by_default_and_weight_below_one_refused():
+    assert tiny_ae(KL_LOSS).reconstruction_weights({"image": torch.zeros(1, 8, 8, 3),
+                                                    "mask": torch.ones(1, 8, 8)}) is None
+    with pytest.raises(ValueError, match="defect_loss_weight"):
+        tiny_ae(KL_LOSS, defect_loss_weight=0.5)

@@ -60,13 +60,23 @@ class AutoencoderKL(_FirstStageMixin, pl.LightningModule):
 
     ``self.loss`` is built from ``lossconfig``; if it has ``has_discriminator = True`` the model
     trains with two optimizers (autoencoder, discriminator), otherwise with one.
+
+    ``defect_loss_weight`` w > 1 weights the per-pixel reconstruction term by ``1 + (w − 1)·m`` where the
+    batch carries a defect mask m (``mask_key``; all-zero on normal images): a thin crack covers ~1 % of
+    an image, so under a uniform loss the decoder learns to smooth it away and every latent generator's
+    defects come out faint. w = 1 (the CompVis default) is the uniform loss.
     """
 
     def __init__(self, ddconfig, lossconfig, embed_dim: int, ckpt_path: Optional[str] = None,
                  ignore_keys: Sequence[str] = [], image_key: str = "image",
-                 colorize_nlabels: Optional[int] = None, monitor: Optional[str] = None):
+                 colorize_nlabels: Optional[int] = None, monitor: Optional[str] = None,
+                 defect_loss_weight: float = 1.0, mask_key: str = "mask"):
         super().__init__()
+        if not defect_loss_weight >= 1.0:
+            raise ValueError(f"defect_loss_weight must be >= 1 (1 = uniform loss), got {defect_loss_weight!r}")
         self.image_key = image_key
+        self.defect_loss_weight = float(defect_loss_weight)
+        self.mask_key = mask_key
         self.encoder = Encoder(**ddconfig)
         self.decoder = Decoder(**ddconfig)
         self.loss = instantiate_from_config(lossconfig)
@@ -107,6 +117,15 @@ class AutoencoderKL(_FirstStageMixin, pl.LightningModule):
     def _has_discriminator(self) -> bool:
         return bool(getattr(self.loss, "has_discriminator", False))
 
+    def reconstruction_weights(self, batch: Dict[str, Any]) -> Optional[torch.Tensor]:
+        """B×1×H×W per-pixel weights ``1 + (w − 1)·mask`` of the reconstruction loss, or None (uniform)."""
+        if self.defect_loss_weight == 1.0 or self.mask_key not in batch:
+            return None
+        m = batch[self.mask_key].float()
+        if m.ndim == 3:
+            m = m[:, None]
+        return (1.0 + (self.defect_loss_weight - 1.0) * (m > 0.5).float()).to(self.device)
+
     def _loss_step(self) -> int:
         """Training batches seen: Lightning 2 counts every optimizer's step in ``global_step``."""
         n_opt = 2 if self._has_discriminator else 1
@@ -123,7 +142,8 @@ class AutoencoderKL(_FirstStageMixin, pl.LightningModule):
         self.toggle_optimizer(opt_ae)
         reconstructions, posterior = self(inputs)
         aeloss, log_ae = self.loss(inputs, reconstructions, posterior, 0, step,
-                                   last_layer=self.get_last_layer(), split="train")
+                                   last_layer=self.get_last_layer(), split="train",
+                                   weights=self.reconstruction_weights(batch))
         opt_ae.zero_grad()
         self.manual_backward(aeloss)
         opt_ae.step()
