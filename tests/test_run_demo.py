@@ -303,8 +303,25 @@ def test_evidence_tier_summarises_every_pipeline_seed_into_the_report(tmp_path, 
         return {"results": {seed: folder / "results.json"}, "generation": [], "ablations": {}, "masks": {}}
 
     monkeypatch.setattr(rd, "pipeline", pipeline)
+    data_roots = []
+
+    def contrast_rows(opt, out, data_out=None):  # seed 1 draws faint cracks: the lowest seed decides
+        data_roots.append(data_out or out)
+        ratio = {tmp_path: 0.8, ev.pipeline_out(tmp_path, 1): 0.3}.get(out, 0.7)
+        return [{"method": "fast", "category": "brick", "defect": "crack", "ratio": ratio},
+                {"method": "fast", "category": "brick", "defect": "stain", "ratio": 0.9},
+                {"method": "stage", "category": "brick", "defect": "crack", "ratio": None}]
+
+    monkeypatch.setattr(rd, "contrast_rows", contrast_rows)
     rd.main(["--smoke", "--pipeline_seeds", "3", "--record_evidence", "--out", str(tmp_path)])
     doc = json.loads((tmp_path / "evidence.json").read_text())
+    assert data_roots == [tmp_path] * 3                            # every seed against the one dataset
+    crack, stain = doc["contrast"]                                 # unknown ratios are left out
+    assert crack["ratios"] == {"0": 0.8, "1": 0.3, "2": 0.7} and crack["lowest"] == 0.3
+    assert crack["mean"] == pytest.approx(0.6) and not crack["shows"] and stain["shows"]
+    md = (tmp_path / "evidence.md").read_text()
+    assert "| fast | brick/crack | 80% | 30% | 70% | 60% | 30% (faint) |" in md
+    assert "| fast | brick/stain | 90% | 90% | 90% | 90% | 90% |" in md
     p = doc["paired"]["pooled"]
     assert doc["seeds"] == [0, 1, 2] and p["baseline"] == "draem"
     assert p["mean"] == pytest.approx(0.09) and p["lo"] > 0          # d = 0.10, 0.09, 0.08

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from ldm.demo.tiers import family_suffix
+from ldm.quality.contrast import CONTRAST_FLOOR
 from ldm.segmentation.evidence import evidence_markdown, single_run_verdict, summarise
 from utils.atomic import write_text_atomic
 
@@ -78,11 +79,50 @@ def run_budget(opt) -> dict:
     return {k: getattr(opt, k) for k in BUDGET_KEYS}
 
 
+def summarise_contrast(per_seed: Mapping[int, list[dict]]) -> list[dict]:
+    """Per generator and (texture, defect type): its contrast ratio (generated / real, ``report.contrast_rows``)
+    in every pipeline seed, their mean and the lowest. A type counts as showing only if even its lowest seed
+    reaches ``CONTRAST_FLOOR``: one retrained pipeline that draws invisible cracks is a bug a user can hit."""
+    by_key: dict[tuple, dict] = {}
+    for seed, rows in sorted(per_seed.items()):
+        for r in rows:
+            if r.get("ratio") is None:
+                continue
+            key = (r["method"], r["category"], r["defect"])
+            by_key.setdefault(key, {})[seed] = r["ratio"]
+    out = []
+    for (method, category, defect), ratios in by_key.items():
+        vals = list(ratios.values())
+        out.append({"method": method, "category": category, "defect": defect, "ratios": ratios,
+                    "mean": round(statistics.fmean(vals), 3), "lowest": min(vals),
+                    "shows": min(vals) >= CONTRAST_FLOOR})
+    return out
+
+
+def contrast_markdown(rows: list[dict], seeds: list[int]) -> str:
+    """``summarise_contrast`` as a table: the ratio per pipeline seed, the mean and the lowest."""
+    if not rows:
+        return ""
+    lines = ["## Do the generated defects show, in every pipeline seed?", "",
+             "Generated defect contrast as a share of the real defects' (|mean inside − mean outside|, 0-255 grey "
+             f"levels, `ldm/quality/contrast.py`); a type shows when its lowest seed reaches {CONTRAST_FLOOR:.0%}.",
+             "", "| generator | texture / defect | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | lowest |",
+             "|---|---|" + "---|" * (len(seeds) + 2)]
+    for r in rows:
+        cells = [f"{r['ratios'][s]:.0%}" if s in r["ratios"] else "n/a" for s in seeds]
+        lowest = f"{r['lowest']:.0%}" + ("" if r["shows"] else " (faint)")
+        lines.append(f"| {r['method']} | {r['category']}/{r['defect']} | " + " | ".join(cells)
+                     + f" | {r['mean']:.0%} | {lowest} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_evidence(opt, tier: str, per_seed: Mapping[int, dict], metric_labels: Mapping[str, str],
-                   record: bool = False) -> tuple[Path, dict]:
-    """Summarise ``per_seed`` (pipeline seed → merged comparison document) into ``<out>/evidence<suffix>.json``
-    and ``.md`` (and the family's record under ``docs/evidence/`` when ``record``)."""
+                   record: bool = False, contrast: Optional[Mapping[int, list[dict]]] = None) -> tuple[Path, dict]:
+    """Summarise ``per_seed`` (pipeline seed → merged comparison document) and ``contrast`` (pipeline seed →
+    ``report.contrast_rows``) into ``<out>/evidence<suffix>.json`` and ``.md`` (and the family's record under
+    ``docs/evidence/`` when ``record``)."""
     doc = summarise(per_seed, metrics=[k for k in metric_labels])
+    doc["contrast"] = summarise_contrast(contrast or {})
     doc.update(family=opt.family, tier=tier, machine=machine(), finished=time.strftime("%Y-%m-%d %H:%M"),
                command="bash scripts/demo.sh " + " ".join(opt.argv),
                budget=run_budget(opt))
@@ -95,7 +135,8 @@ def write_evidence(opt, tier: str, per_seed: Mapping[int, dict], metric_labels: 
             f"Machine: {doc['machine']}. Command: `{doc['command']}`. Finished {doc['finished']}.", "",
             "Every pipeline seed retrains the autoencoder, the LDM, every generator, the baselines' synthesis and "
             "the segmenter with its own seeds, on the same dataset and split.", "", ""]
-    write_text_atomic(out / f"evidence{suffix}.md", "\n".join(head) + evidence_markdown(doc, metric_labels))
+    write_text_atomic(out / f"evidence{suffix}.md", "\n".join(head) + evidence_markdown(doc, metric_labels)
+                      + "\n" + contrast_markdown(doc["contrast"], list(doc["seeds"])))
     if record:
         RECORD_DIR.mkdir(parents=True, exist_ok=True)
         write_text_atomic(RECORD_DIR / f"{opt.family}.json", text)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 from ldm.data.texture_ad import FAMILIES
 from ldm.demo.evidence import (merge_segmenter_seeds, pipeline_out, segmenter_seeds, train_seed_args,
                                write_evidence)
-from ldm.demo.report import REPORT_METRICS, load_results, write_report
+from ldm.demo.report import REPORT_METRICS, contrast_rows, load_results, write_report
 from ldm.demo.stages import StageRunner, slug
 from ldm.demo.tiers import TEXTURES, ablation_categories, family_dir, family_suffix, get_parser, resolve
 from utils.cli import run_cli
@@ -331,11 +331,14 @@ def main(argv=None) -> int:
     evidence = None
     if opt.pipeline_seeds > 1:
         per_seed = {0: merge_segmenter_seeds(load_results(res["results"]))}
+        contrast = {0: contrast_rows(opt, out)}
         for seed in range(1, opt.pipeline_seeds):
             print(f"\npipeline seed {seed} of {opt.pipeline_seeds - 1} -> {pipeline_out(out, seed)}", flush=True)
             seed_res = pipeline(opt, tier, StageRunner(pipeline_out(out, seed)), seed)
             per_seed[seed] = merge_segmenter_seeds(load_results(seed_res["results"]))
-        evidence = write_evidence(opt, tier, per_seed, dict(REPORT_METRICS), record=opt.record_evidence)
+            contrast[seed] = contrast_rows(opt, pipeline_out(out, seed), data_out=out)  # one dataset for all seeds
+        evidence = write_evidence(opt, tier, per_seed, dict(REPORT_METRICS), record=opt.record_evidence,
+                                  contrast=contrast)
     wall = time.perf_counter() - t0
     report, table, verdict = write_report(opt, tier, runner, res, wall, evidence)
     print(f"\nDemo finished in {fmt_seconds(wall)}.\n\n{runner.table()}\n\n{table}\n\n{verdict}\n\n"

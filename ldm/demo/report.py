@@ -14,9 +14,10 @@ import statistics
 import time
 from pathlib import Path
 
-from ldm.demo.evidence import merge_segmenter_seeds, run_budget, verdict_for
+from ldm.demo.evidence import contrast_markdown, merge_segmenter_seeds, run_budget, verdict_for
 from ldm.demo.stages import StageRunner
 from ldm.demo.tiers import TIERS, family_dir, family_suffix
+from ldm.quality.contrast import CONTRAST_FLOOR
 from ldm.segmentation.evidence import POOLED, describe_paired, evidence_markdown
 from utils.atomic import write_text_atomic
 from utils.progress import fmt_seconds
@@ -104,18 +105,16 @@ def masks_section(opt, out: Path, diversity: dict) -> list[str]:
     return lines + [""]
 
 
-CONTRAST_FLOOR = 0.5   # generated defects should reach at least half of the real defects' contrast
-
-
-def contrast_rows(opt, out: Path) -> list[dict]:
-    """Per generator and (texture, defect type): the mean contrast of its pairs and of the real defects of that
-    type at the pairs' size (``ldm.quality.contrast``), and their ratio."""
+def contrast_rows(opt, out: Path, data_out: Path | None = None) -> list[dict]:
+    """Per generator and (texture, defect type): the mean contrast of its pairs under ``out`` and of the real
+    defects of that type (the dataset under ``data_out``, default ``out``) at the pairs' size
+    (``ldm.quality.contrast``), and their ratio."""
     from ldm.data.io import image_size
     from ldm.data.layouts import index_category
     from ldm.pairs import read_pairs_folder
     from ldm.quality.contrast import contrast_ratio, pairs_contrast, real_contrast
 
-    data = family_dir(out / "data", "texture-ad", opt.family)
+    data = family_dir(Path(data_out or out) / "data", "texture-ad", opt.family)
     generated = family_dir(out, "generated", opt.family)
     rows = []
     for cat in opt.categories:
@@ -168,7 +167,8 @@ def noise_section(opt, out: Path, docs: list[dict], evidence) -> tuple[list[str]
                       "the interval includes zero: inside the noise.")) if p else "No paired evidence."
         lines += [f"{verdict} Every pipeline seed retrains the autoencoder, the LDM, every generator, the "
                   f"baselines' synthesis and the segmenter (`{rel(path, out)}`).", "",
-                  evidence_markdown(doc, dict(REPORT_METRICS)), ""]
+                  evidence_markdown(doc, dict(REPORT_METRICS)), "",
+                  contrast_markdown(doc.get("contrast", []), list(doc["seeds"]))]
         return lines, verdict
     if not docs:
         return [], ""

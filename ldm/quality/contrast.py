@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 GREY_LEVELS_PER_UNIT = 127.5    # one unit of a [-1, 1] image in 0-255 grey levels
+CONTRAST_FLOOR = 0.5            # generated defects should reach at least half of the real defects' contrast
 
 
 def mask_contrast(x: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
