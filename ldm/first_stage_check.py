@@ -92,5 +92,5 @@ def defect_verdict(stats: dict, min_kept: float = MIN_DEFECT_CONTRAST) -> Option
         return None
     return (f"the autoencoder keeps only {stats['kept']:.0%} of the real defects' contrast "
             f"({stats['contrast_real']:.1f} -> {stats['contrast_decoded']:.1f}/255 over {stats['defects']} "
-            "defect images): generated defects will be fainter than real ones -- give the first stage more "
-            "latent channels or training")
+            "defect images): generated defects will be fainter than real ones -- train the first stage with a "
+            "higher defect_loss_weight, longer, or with more latent channels")
