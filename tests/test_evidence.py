@@ -96,3 +96,20 @@ def test_single_run_verdict_says_when_the_ranking_is_inside_the_noise():
     behind = results({"fast": {"brick": 0.0, "grass": 0.0}, "draem": {"brick": 0.2, "grass": 0.2},
                       "cutpaste": {"brick": 0.1, "grass": 0.1}})
     assert "disagrees" in single_run_verdict(behind, clear)
+
+
+def test_single_run_is_judged_against_the_evidence_of_its_own_textures():
+    """A brick-only demo against a brick + grass record reads the record's brick interval, not the pooled one;
+    a texture the record never ran has no evidence."""
+    record = summarise({s: results({"fast": {"brick": 0.10 + d, "grass": 0.60 + 3 * d},
+                                    "draem": {"brick": 0.10, "grass": 0.20}, "cutpaste": {"brick": 0.05, "grass": 0.1}})
+                        for s, d in enumerate((0.0, 0.01, 0.02))})
+    assert record["paired"]["brick"]["hi"] < record["paired"]["pooled"]["lo"]     # the two scopes disagree
+    brick_run = results({"fast": {"brick": 0.11}, "draem": {"brick": 0.10}, "cutpaste": {"brick": 0.05}})
+    text = single_run_verdict(brick_run, record)
+    assert "measured on brick FAST − draem: +1.0" in text and "interval includes zero" in text
+    both = results({"fast": {"brick": 0.11, "grass": 0.63}, "draem": {"brick": 0.10, "grass": 0.20},
+                    "cutpaste": {"brick": 0.05, "grass": 0.1}})
+    assert "measured FAST − draem: +22.0" in single_run_verdict(both, record)
+    gravel = results({"fast": {"gravel": 0.3}, "draem": {"gravel": 0.1}, "cutpaste": {"gravel": 0.1}})
+    assert "No evidence run with this run's budgets and textures" in single_run_verdict(gravel, record)

@@ -338,7 +338,7 @@ def test_evidence_tier_summarises_every_pipeline_seed_into_the_report(tmp_path, 
     assert "3 pipeline seeds" in verdict_for(single, tmp_path / "elsewhere", "texture-ad", doc["budget"])
     other = dict(doc["budget"], ldm_steps=doc["budget"]["ldm_steps"] + 1)
     text = verdict_for(single, tmp_path / "elsewhere", "texture-ad", other)
-    assert "No evidence run with this run's budgets is on record" in text and "3 pipeline seeds" not in text
+    assert "No evidence run with this run's budgets and textures is on record" in text and "3 pipeline seeds" not in text
     with pytest.raises(UserError, match="--record_evidence needs --pipeline_seeds >= 2"):
         rd.main(["--smoke", "--record_evidence", "--out", str(tmp_path)])
 

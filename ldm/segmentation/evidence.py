@@ -170,6 +170,19 @@ def evidence_markdown(doc: Mapping, metric_labels: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def evidence_scope(textures: Sequence[str], evidence: Optional[Mapping]) -> Optional[str]:
+    """The scope of ``evidence["paired"]`` that speaks for a run over ``textures``: the pooled one when the
+    evidence covered exactly those textures, the texture's own when the run has one texture the evidence
+    covered among others (a brick-only demo against a three-texture record), else None."""
+    paired = (evidence or {}).get("paired", {})
+    covered = list((evidence or {}).get("textures") or textures)
+    if POOLED in paired and sorted(covered) == sorted(textures):
+        return POOLED
+    if len(textures) == 1 and textures[0] in paired:
+        return textures[0]
+    return None
+
+
 def single_run_verdict(results: Mapping, evidence: Optional[Mapping], source: str = "") -> str:
     """One sentence for a single-run table: its FAST − best-baseline gap (pooled over its textures) next
     to the spread the last evidence run measured, and whether the ranking is inside that noise."""
@@ -184,13 +197,16 @@ def single_run_verdict(results: Mapping, evidence: Optional[Mapping], source: st
     best = max(base, key=base.get)
     gap = fast - base[best]
     head = f"This single run: FAST − {best} = {_pct(gap)} anomaly IoU points."
-    if not evidence or POOLED not in evidence.get("paired", {}):
-        return head + (" No evidence run with this run's budgets is on record, so its spread is unknown: a single "
-                       "run cannot tell a lead from noise (run the demo with `--pipeline_seeds 3`, or `--full`).")
-    p = evidence["paired"][POOLED]
+    scope = evidence_scope(textures, evidence)
+    if scope is None:
+        return head + (" No evidence run with this run's budgets and textures is on record, so its spread is "
+                       "unknown: a single run cannot tell a lead from noise (run the demo with "
+                       "`--pipeline_seeds 3`, or `--full`).")
+    p = evidence["paired"][scope]
     sd = p["std"]
     where = f" ({source})" if source else ""
-    spread = (f" The last evidence run{where} measured {describe_paired(p)}, a seed-to-seed spread of "
+    on = "" if scope == POOLED else f" on {scope}"
+    spread = (f" The last evidence run{where} measured{on} {describe_paired(p)}, a seed-to-seed spread of "
               f"{100 * sd:.1f} points.") if not math.isnan(sd) else ""
     if math.isnan(sd) or not (p["lo"] > 0 or p["hi"] < 0):
         return head + spread + " The evidence interval includes zero, so this ranking is inside the noise: do not " \
