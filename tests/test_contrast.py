@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ldm.quality.contrast import image_contrast, mask_contrast, mean_contrast
+from ldm.quality.contrast import image_contrast, image_shift, mask_contrast, mean_contrast, shift_agreement
 
 
 def test_contrast_is_the_channel_mean_gap_between_inside_and_outside():
@@ -25,8 +25,27 @@ def test_masks_without_contrast_are_skipped_and_means_count_the_rest():
     m = np.zeros((4, 4))
     m[0, 0] = 1
     out = mean_contrast([(a, m), (img, np.ones((4, 4))), (img, m)])
-    assert out == {"n": 2, "contrast": 127.5}
-    assert mean_contrast([]) == {"n": 0, "contrast": None}
+    assert out == {"n": 2, "contrast": 127.5, "shift": [127.5] * 3}   # shifts 255 and 0 in every channel
+    assert mean_contrast([]) == {"n": 0, "contrast": None, "shift": None}
+
+
+def test_shift_keeps_sign_and_hue_and_agreement_is_the_projection_on_the_real_shift():
+    brick = np.full((8, 8, 3), (112, 80, 64), np.uint8)
+    mask = np.zeros((8, 8), np.float32)
+    mask[3:5, 1:7] = 1
+    crack, grey = brick.copy(), brick.copy()
+    crack[3:5, 1:7] = (72, 50, 40)                  # darker in every channel: shift (-40, -30, -24)
+    grey[3:5, 1:7] = (104, 96, 72)                  # toward grey: (-8, +16, +8), contrast 10.7
+    assert image_shift(crack, mask).tolist() == [-40.0, -30.0, -24.0]
+    assert image_shift(brick, np.zeros((8, 8))) is None
+    real, gen = mean_contrast([(crack, mask)]), mean_contrast([(grey, mask)])
+    r, g = np.array([-40.0, -30.0, -24.0]), np.array([-8.0, 16.0, 8.0])
+    assert shift_agreement(gen, real) == round(float(g @ r / (r @ r)), 3) < 0     # a grey patch is not a crack
+    assert shift_agreement(real, real) == 1.0
+    half = mean_contrast([(((brick.astype(int) + crack) // 2).astype(np.uint8), mask)])
+    assert shift_agreement(half, real) == 0.5        # half the change, same colour
+    assert shift_agreement({"shift": None}, real) is None
+    assert shift_agreement(gen, {"shift": [0.0, 0.0, 0.0]}) is None
 
 
 def test_batched_form_matches_per_image():
@@ -57,7 +76,7 @@ def test_folder_contrast_reads_pairs_and_real_defects_at_the_working_size(tmp_pa
         img[4:8, 2:14] = level
         writer.write(n, uint8_to_float(img), mask, uint8_to_float(normal), {})
     gen = pairs_contrast(tmp_path / "pairs" / "brick" / "crack")
-    assert gen == {"n": 2, "contrast": 30.0}
+    assert gen == {"n": 2, "contrast": 30.0, "shift": [-30.0, -30.0, -30.0]}
     big = np.full((32, 32, 3), 120, np.uint8)
     big[8:16, 4:28] = 60                          # contrast 60 at 32 px; the bicubic resize to 16 px softens edges
     Image.fromarray(big).save(tmp_path / "real.png")

@@ -86,3 +86,28 @@ def test_keys_we_cannot_honour_are_refused_not_ignored(key):
         instantiate_from_config(cfg)
     cfg = ldm_config(**{key: False})
     assert instantiate_from_config(cfg) is not None
+
+
+def test_noise_offset_adds_one_constant_per_sample_and_channel_and_is_what_the_model_predicts(monkeypatch):
+    from utils.errors import UserError
+
+    m = instantiate_from_config(ldm_config(noise_offset=0.5))
+    x = torch.zeros(2, 4, 8, 8)
+    torch.manual_seed(3)
+    noise = m.training_noise(x)
+    torch.manual_seed(3)
+    eps, eta = torch.randn_like(x), torch.randn(2, 4, 1, 1)
+    assert torch.allclose(noise, eps + 0.5 * eta)               # ε + o·η, η constant over space
+    plain = instantiate_from_config(ldm_config())
+    torch.manual_seed(3)
+    assert torch.equal(plain.training_noise(x), eps)            # o = 0: LDM's own ε, bit for bit
+    # a training step adds this noise and makes it the ε target
+    seen = {}
+    monkeypatch.setattr(m, "loss_from_prediction", lambda out, target, t: seen.setdefault("target", target) * 0)
+    monkeypatch.setattr(m, "add_embedding_regulariser", lambda loss, d: (loss, {}))
+    torch.manual_seed(4)
+    m.p_losses(x, m.get_learned_conditioning(["a photo of brick"] * 2), torch.tensor([10, 900]))
+    torch.manual_seed(4)
+    assert torch.allclose(seen["target"], torch.randn_like(x) + 0.5 * torch.randn(2, 4, 1, 1))
+    with pytest.raises(UserError, match="noise_offset"):
+        instantiate_from_config(ldm_config(noise_offset=-0.1))

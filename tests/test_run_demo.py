@@ -121,6 +121,9 @@ def test_smoke_demo_writes_every_artifact_and_report_section(demo):
     assert set(rows) == {"fast", "stage", "grounding"}
     assert all(r["pairs"] == 4 and r["real_defects"] > 0 and r["real"] > 0 for r in rows.values())
     assert rows["fast"]["ratio"] == round(rows["fast"]["generated"] / rows["fast"]["real"], 3)
+    g, r = (np.asarray(rows["fast"][k]) for k in ("shift", "real_shift"))      # the signed colour shifts
+    assert rows["fast"]["agreement"] == round(float(g @ r / (r @ r)), 3)
+    assert "| colour agreement |" in report.split("## Do the generated defects show?")[1]
 
 
 def test_rerun_skips_every_finished_stage(demo):
@@ -308,7 +311,8 @@ def test_evidence_tier_summarises_every_pipeline_seed_into_the_report(tmp_path, 
     def contrast_rows(opt, out, data_out=None):  # seed 1 draws faint cracks: the lowest seed decides
         data_roots.append(data_out or out)
         ratio = {tmp_path: 0.8, ev.pipeline_out(tmp_path, 1): 0.3}.get(out, 0.7)
-        return [{"method": "fast", "category": "brick", "defect": "crack", "ratio": ratio},
+        agreement = {tmp_path: 0.9, ev.pipeline_out(tmp_path, 1): 0.1}.get(out, 0.5)  # seed 1: off-colour too
+        return [{"method": "fast", "category": "brick", "defect": "crack", "ratio": ratio, "agreement": agreement},
                 {"method": "fast", "category": "brick", "defect": "stain", "ratio": 0.9},
                 {"method": "stage", "category": "brick", "defect": "crack", "ratio": None}]
 
@@ -319,9 +323,12 @@ def test_evidence_tier_summarises_every_pipeline_seed_into_the_report(tmp_path, 
     crack, stain = doc["contrast"]                                 # unknown ratios are left out
     assert crack["ratios"] == {"0": 0.8, "1": 0.3, "2": 0.7} and crack["lowest"] == 0.3
     assert crack["mean"] == pytest.approx(0.6) and not crack["shows"] and stain["shows"]
+    assert crack["agreements"] == {"0": 0.9, "1": 0.1, "2": 0.5} and crack["agreement_lowest"] == 0.1
+    assert crack["agreement_mean"] == pytest.approx(0.5) and not crack["same_colour"]
+    assert "agreements" not in stain                               # no agreement measured: none claimed
     md = (tmp_path / "evidence.md").read_text()
-    assert "| fast | brick/crack | 80% | 30% | 70% | 60% | 30% (faint) |" in md
-    assert "| fast | brick/stain | 90% | 90% | 90% | 90% | 90% |" in md
+    assert "| fast | brick/crack | 80% | 30% | 70% | 60% | 30% (faint) | 50% | 10% (off-colour) |" in md
+    assert "| fast | brick/stain | 90% | 90% | 90% | 90% | 90% | n/a | n/a |" in md
     p = doc["paired"]["pooled"]
     assert doc["seeds"] == [0, 1, 2] and p["baseline"] == "draem"
     assert p["mean"] == pytest.approx(0.09) and p["lo"] > 0          # d = 0.10, 0.09, 0.08

@@ -81,38 +81,55 @@ def run_budget(opt) -> dict:
 
 def summarise_contrast(per_seed: Mapping[int, list[dict]]) -> list[dict]:
     """Per generator and (texture, defect type): its contrast ratio (generated / real, ``report.contrast_rows``)
-    in every pipeline seed, their mean and the lowest. A type counts as showing only if even its lowest seed
-    reaches ``CONTRAST_FLOOR``: one retrained pipeline that draws invisible cracks is a bug a user can hit."""
+    and its colour agreement (``ldm.quality.contrast.shift_agreement``) in every pipeline seed, their means and
+    lowest values. A type counts as showing only if even its lowest seed reaches ``CONTRAST_FLOOR`` (one
+    retrained pipeline that draws invisible cracks is a bug a user can hit), and as the real defects' colour
+    only if its lowest agreement does."""
     by_key: dict[tuple, dict] = {}
     for seed, rows in sorted(per_seed.items()):
         for r in rows:
             if r.get("ratio") is None:
                 continue
-            key = (r["method"], r["category"], r["defect"])
-            by_key.setdefault(key, {})[seed] = r["ratio"]
+            entry = by_key.setdefault((r["method"], r["category"], r["defect"]), {"ratios": {}, "agreements": {}})
+            entry["ratios"][seed] = r["ratio"]
+            if r.get("agreement") is not None:
+                entry["agreements"][seed] = r["agreement"]
     out = []
-    for (method, category, defect), ratios in by_key.items():
-        vals = list(ratios.values())
-        out.append({"method": method, "category": category, "defect": defect, "ratios": ratios,
-                    "mean": round(statistics.fmean(vals), 3), "lowest": min(vals),
-                    "shows": min(vals) >= CONTRAST_FLOOR})
+    for (method, category, defect), entry in by_key.items():
+        ratios, agreements = entry["ratios"], entry["agreements"]
+        row = {"method": method, "category": category, "defect": defect, "ratios": ratios,
+               "mean": round(statistics.fmean(ratios.values()), 3), "lowest": min(ratios.values()),
+               "shows": min(ratios.values()) >= CONTRAST_FLOOR}
+        if agreements:
+            row.update(agreements=agreements, agreement_mean=round(statistics.fmean(agreements.values()), 3),
+                       agreement_lowest=min(agreements.values()),
+                       same_colour=min(agreements.values()) >= CONTRAST_FLOOR)
+        out.append(row)
     return out
 
 
 def contrast_markdown(rows: list[dict], seeds: list[int]) -> str:
-    """``summarise_contrast`` as a table: the ratio per pipeline seed, the mean and the lowest."""
+    """``summarise_contrast`` as a table: the ratio per pipeline seed, the mean and the lowest, and the colour
+    agreement's mean and lowest."""
     if not rows:
         return ""
     lines = ["## Do the generated defects show, in every pipeline seed?", "",
              "Generated defect contrast as a share of the real defects' (|mean inside − mean outside|, 0-255 grey "
-             f"levels, `ldm/quality/contrast.py`); a type shows when its lowest seed reaches {CONTRAST_FLOOR:.0%}.",
-             "", "| generator | texture / defect | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | lowest |",
-             "|---|---|" + "---|" * (len(seeds) + 2)]
+             f"levels, `ldm/quality/contrast.py`); a type shows when its lowest seed reaches {CONTRAST_FLOOR:.0%}. "
+             "Colour agreement: the generated mean signed colour shift projected on the real one, as a share of it "
+             "(100 %: the real defects' change of colour; near 0: another colour; negative: the opposite).",
+             "", "| generator | texture / defect | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | mean | lowest | colour agreement, mean | lowest |", "|---|---|" + "---|" * (len(seeds) + 4)]
     for r in rows:
         cells = [f"{r['ratios'][s]:.0%}" if s in r["ratios"] else "n/a" for s in seeds]
         lowest = f"{r['lowest']:.0%}" + ("" if r["shows"] else " (faint)")
+        if "agreement_mean" in r:
+            agree = [f"{r['agreement_mean']:.0%}",
+                     f"{r['agreement_lowest']:.0%}" + ("" if r["same_colour"] else " (off-colour)")]
+        else:
+            agree = ["n/a", "n/a"]
         lines.append(f"| {r['method']} | {r['category']}/{r['defect']} | " + " | ".join(cells)
-                     + f" | {r['mean']:.0%} | {lowest} |")
+                     + f" | {r['mean']:.0%} | {lowest} | " + " | ".join(agree) + " |")
     return "\n".join(lines) + "\n"
 
 

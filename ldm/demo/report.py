@@ -108,11 +108,12 @@ def masks_section(opt, out: Path, diversity: dict) -> list[str]:
 def contrast_rows(opt, out: Path, data_out: Path | None = None) -> list[dict]:
     """Per generator and (texture, defect type): the mean contrast of its pairs under ``out`` and of the real
     defects of that type (the dataset under ``data_out``, default ``out``) at the pairs' size
-    (``ldm.quality.contrast``), and their ratio."""
+    (``ldm.quality.contrast``), their ratio, and how much of the real defects' colour change the generated
+    ones make (``shift_agreement``)."""
     from ldm.data.io import image_size
     from ldm.data.layouts import index_category
     from ldm.pairs import read_pairs_folder
-    from ldm.quality.contrast import contrast_ratio, pairs_contrast, real_contrast
+    from ldm.quality.contrast import contrast_ratio, pairs_contrast, real_contrast, shift_agreement
 
     data = family_dir(Path(data_out or out) / "data", "texture-ad", opt.family)
     generated = family_dir(out, "generated", opt.family)
@@ -134,7 +135,8 @@ def contrast_rows(opt, out: Path, data_out: Path | None = None) -> list[dict]:
                 gen = pairs_contrast(folder)
                 rows.append({"method": method, "category": cat, "defect": defect, "generated": gen["contrast"],
                              "pairs": gen["n"], "real": real["contrast"], "real_defects": real["n"],
-                             "ratio": contrast_ratio(gen, real)})
+                             "ratio": contrast_ratio(gen, real), "shift": gen["shift"], "real_shift": real["shift"],
+                             "agreement": shift_agreement(gen, real)})
     return rows
 
 
@@ -143,15 +145,22 @@ def contrast_section(rows: list[dict]) -> list[str]:
              "Defect contrast: |mean inside the mask − mean outside| over the colour channels, in 0-255 grey "
              "levels (`ldm/quality/contrast.py`), averaged over each generator's pairs and over all real defects "
              "of the type at the same size. A ratio under "
-             f"{CONTRAST_FLOOR:.0%} means the generated defects are much fainter than real ones.", "",
-             "| generator | texture / defect | generated | real | ratio |", "|---|---|---|---|---|"]
+             f"{CONTRAST_FLOOR:.0%} means the generated defects are much fainter than real ones. Colour agreement: "
+             "the generated defects' mean signed colour shift (inside − outside, per channel) projected on the real "
+             "defects', as a share of it — 100 %: the same change of colour; near 0: a change in another colour "
+             "(a grey patch where real defects darken); negative: the opposite.", "",
+             "| generator | texture / defect | generated | real | ratio | colour agreement |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.0%}" + (" (faint)" if r["ratio"] < CONTRAST_FLOOR
                                                                           else "")
+        agreement = r.get("agreement")
+        agree = "n/a" if agreement is None else f"{agreement:.0%}" + (" (off-colour)" if agreement < CONTRAST_FLOOR
+                                                                       else "")
         gen = "n/a" if r["generated"] is None else f"{r['generated']:.1f}"
         real = "n/a" if r["real"] is None else f"{r['real']:.1f}"
         lines.append(f"| {r['method']} | {r['category']}/{r['defect']} | {gen} ({r['pairs']} pairs) | {real} "
-                     f"({r['real_defects']}) | {ratio} |")
+                     f"({r['real_defects']}) | {ratio} | {agree} |")
     return lines + [""]
 
 

@@ -8,6 +8,19 @@ draws defects a segmenter hardly sees, whatever its IoU table says. The first-st
 (``ldm.first_stage_check.defect_contrast``) uses the same measure to tell what the autoencoder's round
 trip keeps of real defects. Masks that are empty or cover the whole image have no contrast and are
 skipped.
+
+Contrast has no sign and no hue: a grey patch on red brick has as much of it as a dark crack. The
+signed colour shift keeps both,
+
+    shift(I, M)_c = mean_{p ∈ M} I_c(p) − mean_{p ∉ M} I_c(p)        (one 3-vector per image),
+
+and the agreement of generated defects with real ones of the type is the generated mean shift projected
+on the real mean shift, as a share of it:
+
+    agreement = <s̄_gen, s̄_real> / |s̄_real|²
+
+1: the same change of colour as the real defects; 0: a change in another colour direction (a crack
+drawn as a grey-green patch on brick where real cracks darken every channel); < 0: the opposite change.
 """
 from __future__ import annotations
 
@@ -20,12 +33,17 @@ GREY_LEVELS_PER_UNIT = 127.5    # one unit of a [-1, 1] image in 0-255 grey leve
 CONTRAST_FLOOR = 0.5            # generated defects should reach at least half of the real defects' contrast
 
 
-def mask_contrast(x: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-    """Per image, in the units of ``x``: B×3×H×W images, B×H×W bool masks → B contrasts (module formula)."""
+def mask_shift(x: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Per image, in the units of ``x``: B×3×H×W images, B×H×W bool masks → B×3 signed shifts (module formula)."""
     m = inside[:, None].to(x.dtype)
     mean_in = (x * m).sum(dim=(2, 3)) / m.sum(dim=(2, 3)).clamp(min=1)
     mean_out = (x * (1 - m)).sum(dim=(2, 3)) / (1 - m).sum(dim=(2, 3)).clamp(min=1)
-    return (mean_in - mean_out).abs().mean(dim=1)
+    return mean_in - mean_out
+
+
+def mask_contrast(x: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Per image, in the units of ``x``: B×3×H×W images, B×H×W bool masks → B contrasts (module formula)."""
+    return mask_shift(x, inside).abs().mean(dim=1)
 
 
 def has_contrast(mask: np.ndarray) -> bool:
@@ -34,19 +52,29 @@ def has_contrast(mask: np.ndarray) -> bool:
     return bool(inside.any()) and not bool(inside.all())
 
 
-def image_contrast(image: np.ndarray, mask: np.ndarray) -> Optional[float]:
-    """The contrast of one uint8 H×W×3 image (0-255 levels) inside ``mask`` (H×W, > 0.5 inside), or None
-    when the mask has none (``has_contrast``)."""
+def image_shift(image: np.ndarray, mask: np.ndarray) -> Optional[np.ndarray]:
+    """The signed colour shift (3 channels, 0-255 levels) of one uint8 H×W×3 image inside ``mask`` (H×W,
+    > 0.5 inside), or None when the mask has none (``has_contrast``)."""
     if not has_contrast(mask):
         return None
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
-    return float(mask_contrast(x, torch.from_numpy(np.asarray(mask) > 0.5)[None])[0])
+    return mask_shift(x, torch.from_numpy(np.asarray(mask) > 0.5)[None])[0].numpy().astype(np.float64)
+
+
+def image_contrast(image: np.ndarray, mask: np.ndarray) -> Optional[float]:
+    """The contrast of one uint8 H×W×3 image (0-255 levels) inside ``mask``, or None when it has none."""
+    shift = image_shift(image, mask)
+    return None if shift is None else float(np.abs(shift).mean())
 
 
 def mean_contrast(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """``{"n", "contrast"}``: the mean contrast (0-255 levels) over (uint8 image, mask) pairs that have one."""
-    values = [c for c in (image_contrast(img, m) for img, m in pairs) if c is not None]
-    return {"n": len(values), "contrast": round(float(np.mean(values)), 2) if values else None}
+    """``{"n", "contrast", "shift"}`` over the (uint8 image, mask) pairs that have a contrast: the mean
+    contrast and the mean signed colour shift (per channel), in 0-255 levels."""
+    shifts = [s for s in (image_shift(img, m) for img, m in pairs) if s is not None]
+    if not shifts:
+        return {"n": 0, "contrast": None, "shift": None}
+    return {"n": len(shifts), "contrast": round(float(np.mean([np.abs(s).mean() for s in shifts])), 2),
+            "shift": [round(float(v), 2) for v in np.mean(shifts, axis=0)]}
 
 
 def pairs_contrast(folder) -> dict:
@@ -65,6 +93,18 @@ def real_contrast(samples: Iterable, size) -> dict:
     from ldm.data.io import load_image_uint8, load_mask
 
     return mean_contrast((load_image_uint8(s.image, size), load_mask(s.mask, size)) for s in samples)
+
+
+def shift_agreement(generated: dict, real: dict) -> Optional[float]:
+    """How much of the real defects' colour change the generated ones make (module formula: the mean
+    generated shift projected on the mean real one, as a share of it); None when either is unknown or the
+    real defects change nothing."""
+    g, r = generated.get("shift"), real.get("shift")
+    if g is None or r is None:
+        return None
+    g, r = np.asarray(g, np.float64), np.asarray(r, np.float64)
+    norm2 = float(r @ r)
+    return round(float(g @ r) / norm2, 3) if norm2 > 0 else None
 
 
 def contrast_ratio(generated: dict, real: dict) -> Optional[float]:

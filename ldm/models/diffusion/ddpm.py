@@ -78,7 +78,7 @@ class DDPM(pl.LightningModule):
                  original_elbo_weight: float = 0.0, v_posterior: float = 0.0, l_simple_weight: float = 1.0,
                  conditioning_key: str | None = None, parameterization: str = "eps", scheduler_config=None,
                  use_positional_encodings: bool = False, learn_logvar: bool = False, logvar_init: float = 0.0,
-                 ema_decay: float = 0.9999, save_frozen_weights: bool = True):
+                 ema_decay: float = 0.9999, save_frozen_weights: bool = True, noise_offset: float = 0.0):
         super().__init__()
         if parameterization not in ("eps", "x0"):
             raise ValueError(f"parameterization must be 'eps' or 'x0', got '{parameterization}'")
@@ -90,6 +90,9 @@ class DDPM(pl.LightningModule):
                             "drop the key or set it to false)")
         if use_positional_encodings:
             raise UserError("use_positional_encodings: true is not supported (drop the key or set it to false)")
+        if not noise_offset >= 0:
+            raise UserError(f"noise_offset must be >= 0 (0: the plain Gaussian noise of LDM), got {noise_offset}")
+        self.noise_offset = float(noise_offset)
         self.parameterization = parameterization
         self.cond_stage_model = None
         self.log_every_t = log_every_t
@@ -229,8 +232,20 @@ class DDPM(pl.LightningModule):
     def training_target(self, x_start, noise):
         return noise if self.parameterization == "eps" else x_start
 
+    def training_noise(self, x_start):
+        """The noise a training step adds: ε + o·η with ε ~ N(0, I) per element and η ~ N(0, I) per (sample,
+        channel), constant over space (offset noise, o = ``noise_offset``; 0: LDM's plain ε). A model trained on
+        ε alone barely learns to change an image's mean colour: the mean of ε over the image is ~0 at every
+        step, so sampling from pure noise drifts every region toward the data's average colour. η makes that
+        mean part of the noise the model must predict."""
+        noise = torch.randn_like(x_start)
+        if self.noise_offset > 0:
+            noise = noise + self.noise_offset * torch.randn(*x_start.shape[:2], *([1] * (x_start.ndim - 2)),
+                                                            device=x_start.device, dtype=x_start.dtype)
+        return noise
+
     def p_losses(self, x_start, t, noise=None, cond=None):
-        noise = default(noise, lambda: torch.randn_like(x_start))
+        noise = default(noise, lambda: self.training_noise(x_start))
         x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
         model_out = self.apply_model(x_noisy, t, cond)
         return self.loss_from_prediction(model_out, self.training_target(x_start, noise), t)
@@ -548,7 +563,7 @@ class LatentDiffusion(DDPM):
         return self.model(x_noisy, t, **cond)
 
     def p_losses(self, x_start, cond, t, noise=None):
-        noise = default(noise, lambda: torch.randn_like(x_start))
+        noise = default(noise, lambda: self.training_noise(x_start))
         x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
         model_output = self.apply_model(x_noisy, t, cond)
         loss, loss_dict = self.loss_from_prediction(model_output, self.training_target(x_start, noise), t)

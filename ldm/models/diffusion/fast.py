@@ -62,7 +62,7 @@ class FAST(MaskedLatentDiffusion):
         """The FAST loss for latent mask ``mask`` (B×1×h×w, {0,1}; see ``latent_mask``)."""
         if mask is None:
             raise ValueError("FAST.p_losses needs the latent anomaly mask")
-        noise = default(noise, lambda: torch.randn_like(x_start))
+        noise = default(noise, lambda: self.training_noise(x_start))
         m = mask.to(device=x_start.device, dtype=x_start.dtype)
         x_t = self.q_sample(x_start, t, noise)
         x0_an = self.FARM(x_t, m, t)

@@ -193,7 +193,7 @@ class GroundingAnomaly(MaskedLatentDiffusion):
     def p_losses(self, x_start, cond, t, noise=None, masks=None, names=None):
         if masks is None or names is None:
             raise ValueError("GroundingAnomaly.p_losses needs the pixel masks and the names")
-        noise = default(noise, lambda: torch.randn_like(x_start))
+        noise = default(noise, lambda: self.training_noise(x_start))
         grounding = self.grounding_tokens(masks, names)
         x_noisy = self.q_sample(x_start, t, noise)
         eps = self.apply_model(x_noisy, t, cond, grounding=grounding)

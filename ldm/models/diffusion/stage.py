@@ -102,7 +102,7 @@ class STAGE(MaskedLatentDiffusion):
         """The STAGE loss for latent mask ``mask`` (B×1×h×w, {0,1}); ``noise`` is ε, ``noise_mask`` ε'."""
         if mask is None:
             raise ValueError("STAGE.p_losses needs the latent anomaly mask")
-        noise = default(noise, lambda: torch.randn_like(x_start))
+        noise = default(noise, lambda: self.training_noise(x_start))
         noise_mask = default(noise_mask, lambda: torch.randn_like(x_start))
         m = mask.to(device=x_start.device, dtype=x_start.dtype)
         m_t = self.training_mask(m, t)
