@@ -79,6 +79,24 @@ def run_budget(opt) -> dict:
     return {k: getattr(opt, k) for k in BUDGET_KEYS}
 
 
+AGREEMENT_NOTE = ("Colour agreement: the generated defects' mean signed colour shift (inside − outside, per channel) "
+                  "projected on the real defects', as a share of it (100 %: the real defects' change of colour; near "
+                  "0: a change in another colour, such as a grey patch where real defects darken; negative: the "
+                  "opposite).")
+
+
+def share_cell(value: Optional[float], below: str) -> str:
+    """A share as a table cell: ``n/a`` when unknown, ``" (<below>)"`` appended under ``CONTRAST_FLOOR``."""
+    if value is None:
+        return "n/a"
+    return f"{value:.0%}" + (f" ({below})" if value < CONTRAST_FLOOR else "")
+
+
+def _over_seeds(values: Mapping[int, float]) -> tuple[float, float]:
+    """The mean and the lowest of one measure over pipeline seeds."""
+    return round(statistics.fmean(values.values()), 3), min(values.values())
+
+
 def summarise_contrast(per_seed: Mapping[int, list[dict]]) -> list[dict]:
     """Per generator and (texture, defect type): its contrast ratio (generated / real, ``report.contrast_rows``)
     and its colour agreement (``ldm.quality.contrast.shift_agreement``) in every pipeline seed, their means and
@@ -96,14 +114,13 @@ def summarise_contrast(per_seed: Mapping[int, list[dict]]) -> list[dict]:
                 entry["agreements"][seed] = r["agreement"]
     out = []
     for (method, category, defect), entry in by_key.items():
-        ratios, agreements = entry["ratios"], entry["agreements"]
-        row = {"method": method, "category": category, "defect": defect, "ratios": ratios,
-               "mean": round(statistics.fmean(ratios.values()), 3), "lowest": min(ratios.values()),
-               "shows": min(ratios.values()) >= CONTRAST_FLOOR}
-        if agreements:
-            row.update(agreements=agreements, agreement_mean=round(statistics.fmean(agreements.values()), 3),
-                       agreement_lowest=min(agreements.values()),
-                       same_colour=min(agreements.values()) >= CONTRAST_FLOOR)
+        mean, lowest = _over_seeds(entry["ratios"])
+        row = {"method": method, "category": category, "defect": defect, "ratios": entry["ratios"],
+               "mean": mean, "lowest": lowest, "shows": lowest >= CONTRAST_FLOOR}
+        if entry["agreements"]:
+            mean, lowest = _over_seeds(entry["agreements"])
+            row.update(agreements=entry["agreements"], agreement_mean=mean, agreement_lowest=lowest,
+                       same_colour=lowest >= CONTRAST_FLOOR)
         out.append(row)
     return out
 
@@ -116,20 +133,15 @@ def contrast_markdown(rows: list[dict], seeds: list[int]) -> str:
     lines = ["## Do the generated defects show, in every pipeline seed?", "",
              "Generated defect contrast as a share of the real defects' (|mean inside − mean outside|, 0-255 grey "
              f"levels, `ldm/quality/contrast.py`); a type shows when its lowest seed reaches {CONTRAST_FLOOR:.0%}. "
-             "Colour agreement: the generated mean signed colour shift projected on the real one, as a share of it "
-             "(100 %: the real defects' change of colour; near 0: another colour; negative: the opposite).",
+             + AGREEMENT_NOTE,
              "", "| generator | texture / defect | " + " | ".join(f"seed {s}" for s in seeds)
              + " | mean | lowest | colour agreement, mean | lowest |", "|---|---|" + "---|" * (len(seeds) + 4)]
     for r in rows:
         cells = [f"{r['ratios'][s]:.0%}" if s in r["ratios"] else "n/a" for s in seeds]
-        lowest = f"{r['lowest']:.0%}" + ("" if r["shows"] else " (faint)")
-        if "agreement_mean" in r:
-            agree = [f"{r['agreement_mean']:.0%}",
-                     f"{r['agreement_lowest']:.0%}" + ("" if r["same_colour"] else " (off-colour)")]
-        else:
-            agree = ["n/a", "n/a"]
+        agree = [f"{r['agreement_mean']:.0%}" if "agreement_mean" in r else "n/a",
+                 share_cell(r.get("agreement_lowest"), "off-colour")]
         lines.append(f"| {r['method']} | {r['category']}/{r['defect']} | " + " | ".join(cells)
-                     + f" | {r['mean']:.0%} | {lowest} | " + " | ".join(agree) + " |")
+                     + f" | {r['mean']:.0%} | {share_cell(r['lowest'], 'faint')} | " + " | ".join(agree) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,8 @@ import statistics
 import time
 from pathlib import Path
 
-from ldm.demo.evidence import contrast_markdown, merge_segmenter_seeds, run_budget, verdict_for
+from ldm.demo.evidence import (AGREEMENT_NOTE, contrast_markdown, merge_segmenter_seeds, run_budget,
+                               share_cell, verdict_for)
 from ldm.demo.stages import StageRunner
 from ldm.demo.tiers import TIERS, family_dir, family_suffix
 from ldm.quality.contrast import CONTRAST_FLOOR
@@ -145,18 +146,11 @@ def contrast_section(rows: list[dict]) -> list[str]:
              "Defect contrast: |mean inside the mask − mean outside| over the colour channels, in 0-255 grey "
              "levels (`ldm/quality/contrast.py`), averaged over each generator's pairs and over all real defects "
              "of the type at the same size. A ratio under "
-             f"{CONTRAST_FLOOR:.0%} means the generated defects are much fainter than real ones. Colour agreement: "
-             "the generated defects' mean signed colour shift (inside − outside, per channel) projected on the real "
-             "defects', as a share of it — 100 %: the same change of colour; near 0: a change in another colour "
-             "(a grey patch where real defects darken); negative: the opposite.", "",
+             f"{CONTRAST_FLOOR:.0%} means the generated defects are much fainter than real ones. " + AGREEMENT_NOTE, "",
              "| generator | texture / defect | generated | real | ratio | colour agreement |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.0%}" + (" (faint)" if r["ratio"] < CONTRAST_FLOOR
-                                                                          else "")
-        agreement = r.get("agreement")
-        agree = "n/a" if agreement is None else f"{agreement:.0%}" + (" (off-colour)" if agreement < CONTRAST_FLOOR
-                                                                       else "")
+        ratio, agree = share_cell(r["ratio"], "faint"), share_cell(r.get("agreement"), "off-colour")
         gen = "n/a" if r["generated"] is None else f"{r['generated']:.1f}"
         real = "n/a" if r["real"] is None else f"{r['real']:.1f}"
         lines.append(f"| {r['method']} | {r['category']}/{r['defect']} | {gen} ({r['pairs']} pairs) | {real} "
