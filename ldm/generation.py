@@ -134,6 +134,16 @@ class GenerationOptions:
     layout: Optional[str] = option(None, pixel=True, record=lambda opt, at: at.layout,
                                    help="dataset layout of --data_root / --mask_path (default: the run's)")
     prompt: str = option("Anomaly *", pixel=True, help="caption; '*' is replaced by the learned embeddings")
+    guidance_scale: float = option(1.0, parse=float, pixel=True,
+                                   record=lambda opt, at: opt.guidance_scale if opt.guidance_scale != 1.0
+                                   else NOT_RECORDED,
+                                   help="classifier-free guidance scale s: ε_neg + s·(ε_prompt − ε_neg); 1 = the "
+                                        "prompt alone (one network call per step, the default)")
+    negative_prompt: str = option("", pixel=True,
+                                  record=lambda opt, at: opt.negative_prompt if opt.guidance_scale != 1.0
+                                  else NOT_RECORDED,
+                                  help="the caption guidance pushes away from (--guidance_scale ≠ 1); '' = "
+                                       "unconditional")
     foreground: str = option("auto", choices=("auto", "on", "off"), pixel=True,
                              record=lambda opt, at: use_foreground(opt, at.layout),
                              help="keep masks on the object (moved or redrawn otherwise); auto: object categories "
@@ -580,6 +590,8 @@ def validate(opt: GenerationOptions) -> None:
         raise UserError(f"--seed must be >= 0, got {opt.seed}")
     if not 0.0 <= opt.eta <= 1.0:  # also refuses nan
         raise UserError(f"--eta must lie in [0, 1], got {opt.eta}")
+    if not opt.guidance_scale >= 0:  # also refuses nan
+        raise UserError(f"--guidance_scale must be >= 0, got {opt.guidance_scale}")
     if opt.mask_steps < 1:
         raise UserError(f"--mask_steps must be >= 1, got {opt.mask_steps}")
     if opt.fg_dir is not None and not Path(opt.fg_dir).is_dir():
@@ -660,7 +672,8 @@ def generate_batch(run: TrainedRun, opt: GenerationOptions, images, masks, indic
     with torch.inference_mode(), accel.autocast(model.device):
         out = model.generate(x, pix, [opt.prompt] * len(seeds), [run.name] * len(seeds), sampler, BatchRNG(seeds),
                              guidance_kw={"farm_mode": opt.farm_mode, "writeback": opt.writeback},
-                             t_start=opt.t_start)
+                             t_start=opt.t_start, guidance_scale=opt.guidance_scale,
+                             negative_captions=[opt.negative_prompt] * len(seeds))
     return out.permute(0, 2, 3, 1).float().cpu().numpy(), {"thin_masks": sum(thin_each), "nfe": sampler.nfe,
                                                             "thin_masks_each": thin_each, "seeds": seeds}
 

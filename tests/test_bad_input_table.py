@@ -269,6 +269,8 @@ GEN = [
     C("refine_steps_negative", "generate_with_mask.py", lambda w: _gen(w, "--refine_steps", "-1"), "refine_steps"),
     C("seed_negative", "generate_with_mask.py", lambda w: _gen(w, "--seed", "-1"), "--seed"),
     C("t_start_negative", "generate_with_mask.py", lambda w: _gen(w, "--t_start", "-1"), "t_start"),
+    C("guidance_scale_negative", "generate_with_mask.py", lambda w: _gen(w, "--guidance_scale", "-2"),
+      "--guidance_scale", "-2"),
     C("config_missing", "generate_with_mask.py", lambda w: _gen(w, "--config", str(w.tmp / "model.yaml")),
       "--config", "model.yaml"),
     C("config_without_model", "generate_with_mask.py",

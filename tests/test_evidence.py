@@ -3,6 +3,7 @@ the pooled scope, and the single-run verdict."""
 from __future__ import annotations
 
 import math
+import platform
 
 import pytest
 
@@ -113,3 +114,16 @@ def test_single_run_is_judged_against_the_evidence_of_its_own_textures():
     assert "measured FAST − draem: +22.0" in single_run_verdict(both, record)
     gravel = results({"fast": {"gravel": 0.3}, "draem": {"gravel": 0.1}, "cutpaste": {"gravel": 0.1}})
     assert "No evidence run with this run's budgets and textures" in single_run_verdict(gravel, record)
+
+
+def test_the_machine_line_names_the_processor(tmp_path):
+    """An evidence record says where it ran: the CPU's model name from /proc/cpuinfo (platform.processor()
+    is empty on most Linux, which left earlier records with 'unknown CPU')."""
+    from ldm.demo.evidence import cpu_model, machine
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 7B13\n")
+    assert cpu_model(str(info)) == "AMD EPYC 7B13"
+    assert machine(str(info)).endswith(", AMD EPYC 7B13)")
+    assert cpu_model(str(tmp_path / "missing")) == (platform.processor() or "unknown CPU")

@@ -94,3 +94,52 @@ def test_generate_refuses_before_any_network_call(model, monkeypatch):
     other = build_sampler("aias" if name == "STAGE" else "stage", model.schedule, steps=10)
     with pytest.raises(TypeError, match=rf"^{name}\.generate needs a"):
         _generate(model, other)
+
+
+def _fixed_inputs():
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[:, :, 8:24, 8:20] = 1
+    return images, masks
+
+
+def _guided(model, captions, **kw):
+    images, masks = _fixed_inputs()
+    sampler = model.make_sampler(None, 6)
+    with torch.no_grad():
+        return model.generate(images, masks, captions, [NAME] * 2, sampler, BatchRNG([0, 1]), **kw)
+
+
+def test_guidance_scale_interpolates_between_the_negative_and_the_prompt(model):
+    """s = 1 is the prompt alone whatever the negative; s = 0 is the negative caption alone (ε_u + 0·(ε_c − ε_u));
+    any other s differs from both."""
+    import copy
+
+    model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # an untrained UNet's zero-initialised output layers ignore the caption: wake them
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    prompt, negative = ["Anomaly *"] * 2, ["a photo of grass"] * 2
+    plain = _guided(model, prompt)
+    assert torch.equal(_guided(model, prompt, guidance_scale=1.0, negative_captions=negative), plain)
+    assert torch.equal(_guided(model, prompt, guidance_scale=0.0, negative_captions=negative),
+                       _guided(model, negative))
+    strong = _guided(model, prompt, guidance_scale=4.0, negative_captions=negative)
+    assert not torch.allclose(strong, plain) and not torch.allclose(strong, _guided(model, negative))
+
+
+def test_guidance_refusals_come_before_any_network_call(model, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network ran before the request was checked")
+
+    monkeypatch.setattr(model, "encode_to_latent", no_network)
+    name = type(model).__name__
+    with pytest.raises(UserError, match=rf"^{name}\.generate: guidance_scale must be >= 0, got -1\.0$"):
+        _guided(model, ["Anomaly *"] * 2, guidance_scale=-1.0)
+    with pytest.raises(UserError, match=rf"^{name}\.generate: guidance_scale must be >= 0, got nan$"):
+        _guided(model, ["Anomaly *"] * 2, guidance_scale=float("nan"))
+    with pytest.raises(UserError, match=rf"^{name}\.generate: 1 negative captions for 2 captions$"):
+        _guided(model, ["Anomaly *"] * 2, guidance_scale=2.0, negative_captions=[""])

@@ -109,3 +109,27 @@ def test_a_new_generation_option_reaches_the_parser_the_studio_and_the_record(tm
     with pytest.raises(UserError, match="grain"):  # a rerun with another value is refused, naming it
         check_manifest(tmp_path / "out", pixel_settings(run, dataclasses.replace(opt, grain=0.3), "third", "mvtec",
                                                         32))
+
+
+def test_guidance_is_recorded_only_when_it_changes_the_pairs(tmp_path):
+    """Folders generated before ``--guidance_scale`` existed (s = 1) keep their record, so their reruns
+    resume; s ≠ 1 records the scale and the negative caption, so a rerun with other values is refused."""
+    import generate_with_mask
+    from ldm.generation import TrainedRun, pixel_settings
+    from ldm.pairs import check_manifest
+
+    argv = ["--data_root", str(tmp_path), "--sample_name", "brick", "--anomaly_name", "scratch", "--pt_path",
+            str(tmp_path), "--outdir", str(tmp_path / "out")]
+    (tmp_path / "config.yaml").write_text("model: {}\n")
+    (tmp_path / "backbone.ckpt").write_bytes(b"weights")
+    run = TrainedRun(model=object(), config=None, config_path=tmp_path / "config.yaml", pt_path=tmp_path, step=1,
+                     ckpt=tmp_path / "backbone.ckpt", name="brick+scratch", train={})
+    plain = pixel_settings(run, generate_with_mask.options(argv + ["--negative_prompt", "x"]), "third", "mvtec", 32)
+    assert "guidance_scale" not in plain and "negative_prompt" not in plain
+    guided = generate_with_mask.options(argv + ["--guidance_scale", "3", "--negative_prompt", "a photo of brick"])
+    record = pixel_settings(run, guided, "third", "mvtec", 32)
+    assert (record["guidance_scale"], record["negative_prompt"]) == (3.0, "a photo of brick")
+    check_manifest(tmp_path / "out", record)
+    with pytest.raises(UserError, match="negative_prompt"):
+        check_manifest(tmp_path / "out", pixel_settings(
+            run, dataclasses.replace(guided, negative_prompt=""), "third", "mvtec", 32))

@@ -364,3 +364,24 @@ def test_compvis_mask_keeps_x0_where_one():
     kept = keep.expand_as(x0) == 1
     assert (samples[kept] - 2.0).abs().max() < 0.3
     assert (samples[~kept] - 2.0).abs().mean() > 1.0
+
+
+def test_classifier_free_is_the_guidance_closed_form_and_one_is_the_prompt_alone():
+    from ldm.models.diffusion.samplers.guidance import classifier_free
+
+    calls = []
+
+    def eps_c(x, t):
+        calls.append("c")
+        return 2.0 * x + t
+
+    def eps_u(x, t):
+        calls.append("u")
+        return x - 1.0
+
+    x, t = torch.randn(2, 4, 8, 8), torch.full((2, 1, 1, 1), 3.0)
+    assert classifier_free(eps_c, eps_u, 1.0) is eps_c  # no second network call at s = 1
+    out = classifier_free(eps_c, eps_u, 2.5)(x, t)
+    assert torch.allclose(out, (x - 1.0) + 2.5 * ((2.0 * x + t) - (x - 1.0)))
+    assert sorted(calls) == ["c", "u"]
+    assert torch.equal(classifier_free(eps_c, eps_u, 0.0)(x, t), x - 1.0)

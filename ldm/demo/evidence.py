@@ -67,8 +67,22 @@ def merge_segmenter_seeds(docs: list[dict]) -> dict:
     return merged
 
 
-def machine() -> str:
-    return f"{os.cpu_count()} CPU cores ({platform.machine()}, {platform.processor() or 'unknown CPU'})"
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The processor's name: the first ``model name`` of ``cpuinfo`` (Linux), else ``platform.processor()``,
+    else 'unknown CPU' (a figure should say where it ran; ``platform.processor()`` is empty on most Linux)."""
+    try:
+        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """Where a figure ran, e.g. '2 CPU cores (x86_64, AMD EPYC)'."""
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}, {cpu_model(cpuinfo)})"
 
 
 BUDGET_KEYS = ("ae_steps", "ldm_steps", "fast_steps", "n_samples", "seg_steps", "aias_steps")

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import shlex
 import statistics
 import time
 from pathlib import Path
 
-from ldm.demo.evidence import (AGREEMENT_NOTE, contrast_markdown, merge_segmenter_seeds, run_budget,
+from ldm.demo.evidence import (AGREEMENT_NOTE, contrast_markdown, machine, merge_segmenter_seeds, run_budget,
                                share_cell, verdict_for)
 from ldm.demo.stages import StageRunner
 from ldm.demo.tiers import TIERS, family_dir, family_suffix
@@ -191,7 +190,7 @@ def write_report(opt, tier: str, runner: StageRunner, res: dict, wall: float, ev
     cmd = " ".join(["bash scripts/demo.sh", *map(shlex.quote, opt.argv)])  # what was typed, every flag
     threads = opt.threads or os.cpu_count()
     lines = [f"# FAST embedded demo — {tier} run" + (f", {opt.family} defect family" if suffix else ""), "",
-             f"Command: `{cmd}` (scripts/run_demo.py). Machine: {os.cpu_count()} CPU cores ({platform.machine()}), "
+             f"Command: `{cmd}` (scripts/run_demo.py). Machine: {machine()}, "
              f"{threads} torch threads per stage, {'GPU ' + opt.gpus if opt.gpus else 'CPU only'}. "
              f"Finished {time.strftime('%Y-%m-%d %H:%M')}; this invocation took **{fmt_seconds(wall)}** "
              f"(skipped stages cost nothing now; their earlier times are in the table).", "",

@@ -14,7 +14,7 @@ import torch
 
 from .samplers import ddim as _core_ddim
 from .samplers.grids import ddim_timesteps
-from .samplers.guidance import MaskGuidance
+from .samplers.guidance import MaskGuidance, guided_eps
 from .samplers.rng import as_batch_rng
 
 _UNSUPPORTED = {"normals_sequence": None, "quantize_x0": False, "temperature": 1.0, "noise_dropout": 0.0,
@@ -31,7 +31,7 @@ def _cat_cond(uc, c):
 
 
 def make_denoiser(model, conditioning, scale: float = 1.0, unconditional_conditioning=None):
-    """eps(x, t) from ``model.apply_model``, with classifier-free guidance eps_u + s (eps_c - eps_u)."""
+    """eps(x, t) from ``model.apply_model``, with classifier-free guidance (``guided_eps``) in one batched pass."""
     if scale == 1.0 or unconditional_conditioning is None:
         return lambda x, t: model.apply_model(x, t, conditioning)
 
@@ -39,7 +39,7 @@ def make_denoiser(model, conditioning, scale: float = 1.0, unconditional_conditi
         out = model.apply_model(torch.cat([x, x]), torch.cat([t, t]),
                                 _cat_cond(unconditional_conditioning, conditioning))
         eps_u, eps_c = out.chunk(2)
-        return eps_u + scale * (eps_c - eps_u)
+        return guided_eps(eps_u, eps_c, scale)
 
     return denoiser
 

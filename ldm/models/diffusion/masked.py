@@ -135,7 +135,8 @@ class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor, masks: torch.Tensor, captions: list[str], names: list | None,
-                 sampler, rng, guidance_kw: dict | None = None, t_start: int | None = None) -> torch.Tensor:
+                 sampler, rng, guidance_kw: dict | None = None, t_start: int | None = None,
+                 guidance_scale: float = 1.0, negative_captions: list[str] | None = None) -> torch.Tensor:
         """Normal images (B×3×H×W, [-1,1]) + masks (B×1×H×W or B×H×W, 1 = generate) → synthetic
         anomalous images (B×3×H×W, [-1,1])::
 
@@ -147,9 +148,12 @@ class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
 
         ``sampling_plan(c, M, z_bg, **guidance_kw) -> (denoiser, guidance)`` is each subclass's own;
         ``sampler`` comes from ``make_sampler``; ``t_start``, when given, must be the sampler's own;
-        ``guidance_kw`` takes the keys of ``guidance_options``. Every refusal comes before any network call.
+        ``guidance_kw`` takes the keys of ``guidance_options``. ``guidance_scale`` s ≠ 1 samples with
+        classifier-free guidance against ``negative_captions`` (default ""): the plan's denoiser for c and
+        for the negative captions, ε_u + s·(ε_c − ε_u) (``classifier_free``); the mask guidance is c's.
+        Every refusal comes before any network call.
         """
-        from ldm.models.diffusion.samplers.guidance import paste
+        from ldm.models.diffusion.samplers.guidance import classifier_free, paste
 
         name = type(self).__name__
         self.check_generation_sampler(sampler)
@@ -161,6 +165,10 @@ class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
         if unknown:
             raise UserError(f"{name}.generate: unknown guidance_kw {unknown} "
                             f"(takes {', '.join(self.guidance_options)})")
+        if not guidance_scale >= 0:
+            raise UserError(f"{name}.generate: guidance_scale must be >= 0, got {guidance_scale}")
+        if negative_captions is not None and len(negative_captions) != len(captions):
+            raise UserError(f"{name}.generate: {len(negative_captions)} negative captions for {len(captions)} captions")
         do_paste = self.pastes(sampler, kw)
         images = images.to(self.device)
         masks = masks.to(self.device).float()
@@ -171,6 +179,10 @@ class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
         z_bg = self.encode_to_latent(images)
         m = latent_mask(region, z_bg.shape[-2:], self.mask_threshold)
         denoiser, guidance = self.sampling_plan(cond, m, z_bg, **kw)
+        if guidance_scale != 1.0:
+            negative = negative_captions if negative_captions is not None else [""] * len(captions)
+            uncond = self.generation_conditioning(negative, names, masks)
+            denoiser = classifier_free(denoiser, self.sampling_plan(uncond, m, z_bg, **kw)[0], guidance_scale)
         z = sampler.sample(denoiser, tuple(z_bg.shape), rng=rng, guidance=guidance,
                            device=z_bg.device, dtype=z_bg.dtype)
         decoded = self.decode_first_stage(z).clamp(-1.0, 1.0)

@@ -163,3 +163,24 @@ class MaskGuidance:
         return self._q(self.z_bg, int(t_start), rng, like=like)
 
     paste = staticmethod(paste)
+
+
+def guided_eps(eps_u: torch.Tensor, eps_c: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance of one step's two predictions: ε̃ = ε_u + s · (ε_c − ε_u)."""
+    return eps_u + scale * (eps_c - eps_u)
+
+
+def classifier_free(eps_cond: Callable, eps_uncond: Callable, scale: float) -> Callable:
+    """Two denoisers ``(x, t, **kw) -> ε`` as one guided denoiser, ``guided_eps(ε_u(x, t), ε_c(x, t), s)``.
+
+    s = 1 is ``eps_cond`` itself (returned unchanged, one network call per step); s > 1 pushes each step
+    further along what the condition changes against the unconditional (or negative) caption. Each
+    denoiser keeps its own inputs (FAST's mask-conditioned adaptor, STAGE's branches), so the two run
+    as two calls; ``ddim.make_denoiser`` batches the plain UNet's pair into one."""
+    if scale == 1.0:
+        return eps_cond
+
+    def guided(x, t, **kw):  # kw: a two-branch denoiser's branch and mask (STAGE), passed to both
+        return guided_eps(eps_uncond(x, t, **kw), eps_cond(x, t, **kw), scale)
+
+    return guided
