@@ -139,6 +139,12 @@ class GenerationOptions:
                                    else NOT_RECORDED,
                                    help="classifier-free guidance scale s: ε_neg + s·(ε_prompt − ε_neg); 1 = the "
                                         "prompt alone (one network call per step, the default)")
+    paste_colour: str = option("match", choices=("match", "raw"), pixel=True,
+                               record=lambda opt, at: opt.paste_colour if opt.paste_colour != "raw" and pastes(at)
+                               else NOT_RECORDED,
+                               help="how a pasting model's decoded region joins the normal image: match = remove "
+                                    "the decoded image's mean colour offset (measured outside the mask) first, "
+                                    "raw = as decoded (before this option: folders made then resume with raw)")
     negative_prompt: str = option("", pixel=True,
                                   record=lambda opt, at: opt.negative_prompt if opt.guidance_scale != 1.0
                                   else NOT_RECORDED,
@@ -531,6 +537,13 @@ def _mask_model_identity(opt: GenerationOptions):
             "weights": _fingerprint(weights) if weights.is_file() else None}
 
 
+def pastes(at) -> bool:
+    """Whether the run's model pastes its decoded region into the normal image with ``at``'s sampler
+    (``MaskedLatentDiffusion.pastes``; STAGE's official output does not)."""
+    decide = getattr(at.run.model, "pastes", None)
+    return bool(decide(at.sampler, {})) if callable(decide) else False
+
+
 def has_ndi(model) -> bool:
     """Whether the model starts sampling from the noised normal image by default (GroundingAnomaly's NDI,
     ``ndi_t_start``), so that ``ndi=False`` means something to its ``make_sampler``."""
@@ -673,7 +686,7 @@ def generate_batch(run: TrainedRun, opt: GenerationOptions, images, masks, indic
         out = model.generate(x, pix, [opt.prompt] * len(seeds), [run.name] * len(seeds), sampler, BatchRNG(seeds),
                              guidance_kw={"farm_mode": opt.farm_mode, "writeback": opt.writeback},
                              t_start=opt.t_start, guidance_scale=opt.guidance_scale,
-                             negative_captions=[opt.negative_prompt] * len(seeds))
+                             negative_captions=[opt.negative_prompt] * len(seeds), paste_colour=opt.paste_colour)
     return out.permute(0, 2, 3, 1).float().cpu().numpy(), {"thin_masks": sum(thin_each), "nfe": sampler.nfe,
                                                             "thin_masks_each": thin_each, "seeds": seeds}
 

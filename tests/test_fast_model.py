@@ -53,6 +53,7 @@ def test_adaptor_modes():
     m = torch.ones(2, 1, 8, 8)
     assert sum(p.numel() for p in FineTune(4).parameters()) == pytest.approx(1.11e6, abs=0.01e6)
     assert build_adaptor("off") is None and torch.equal(apply_adaptor(None, "off", eps, m), eps)
+    assert build_adaptor(False) is None  # YAML's reading of `adaptor: off` (model.params.adaptor=off)
     res = build_adaptor("residual", widths=(8,))
     assert torch.equal(apply_adaptor(res, "residual", eps, m), eps)  # zero-init: starts at the UNet
     rep = build_adaptor("replace", widths=(8,))

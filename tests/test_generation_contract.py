@@ -98,7 +98,7 @@ def test_generate_refuses_before_any_network_call(model, monkeypatch):
 
 def _fixed_inputs():
     g = torch.Generator().manual_seed(3)
-    images = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    images = torch.rand(2, 3, 32, 32, generator=g) * 1.6 - 0.8  # room for a colour cast below +-1
     masks = torch.zeros(2, 1, 32, 32)
     masks[:, :, 8:24, 8:20] = 1
     return images, masks
@@ -143,3 +143,24 @@ def test_guidance_refusals_come_before_any_network_call(model, monkeypatch):
         _guided(model, ["Anomaly *"] * 2, guidance_scale=float("nan"))
     with pytest.raises(UserError, match=rf"^{name}\.generate: 1 negative captions for 2 captions$"):
         _guided(model, ["Anomaly *"] * 2, guidance_scale=2.0, negative_captions=[""])
+
+
+def test_pasting_models_match_the_decoded_colour_by_default(model, monkeypatch):
+    """FAST and GroundingAnomaly paste with ``paste_colour='match'`` by default: a decoder that returns the
+    normal image plus a colour cast gives back the normal image inside the mask (the cast, measured outside,
+    taken away); ``raw`` keeps the cast. STAGE's official output is the decoded image itself."""
+    images, masks = _fixed_inputs()
+    cast = torch.tensor([0.02, 0.11, 0.10]).view(1, 3, 1, 1)
+    monkeypatch.setattr(model, "decode_first_stage", lambda z: images + cast)
+    matched = _guided(model, ["Anomaly *"] * 2)
+    raw = _guided(model, ["Anomaly *"] * 2, paste_colour="raw")
+    if not model.paste:
+        assert torch.equal(matched, raw) and torch.allclose(raw, (images + cast).clamp(-1, 1))
+        return
+    inside = (masks == 1).expand_as(images)
+    assert torch.equal(matched[~inside], images[~inside]) and torch.equal(raw[~inside], images[~inside])
+    assert torch.allclose(matched[inside], images[inside], atol=1e-6)
+    assert torch.allclose(raw[inside], (images + cast).clamp(-1, 1)[inside], atol=1e-6)
+    with pytest.raises(UserError, match=rf"^{type(model).__name__}\.generate: paste_colour must be one of match, "
+                                        r"raw, got 'mean'$"):
+        _guided(model, ["Anomaly *"] * 2, paste_colour="mean")

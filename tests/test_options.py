@@ -133,3 +133,31 @@ def test_guidance_is_recorded_only_when_it_changes_the_pairs(tmp_path):
     with pytest.raises(UserError, match="negative_prompt"):
         check_manifest(tmp_path / "out", pixel_settings(
             run, dataclasses.replace(guided, negative_prompt=""), "third", "mvtec", 32))
+
+
+def test_paste_colour_is_recorded_for_pasting_models_only(tmp_path):
+    """``match`` (the default) is in the record of a model that pastes, so folders pasted raw before the
+    option existed are refused rather than mixed; a model that does not paste (STAGE) records nothing."""
+    import generate_with_mask
+    from ldm.generation import TrainedRun, pixel_settings
+
+    argv = ["--data_root", str(tmp_path), "--sample_name", "brick", "--anomaly_name", "scratch", "--pt_path",
+            str(tmp_path), "--outdir", str(tmp_path / "out")]
+    (tmp_path / "config.yaml").write_text("model: {}\n")
+    (tmp_path / "backbone.ckpt").write_bytes(b"weights")
+
+    class Model:
+        def __init__(self, paste):
+            self.paste = paste
+
+        def pastes(self, sampler, guidance_kw):
+            return self.paste
+
+    def record(paste, *flags):
+        run = TrainedRun(model=Model(paste), config=None, config_path=tmp_path / "config.yaml", pt_path=tmp_path,
+                         step=1, ckpt=tmp_path / "backbone.ckpt", name="brick+scratch", train={})
+        return pixel_settings(run, generate_with_mask.options(argv + list(flags)), "third", "mvtec", 32)
+
+    assert record(True)["paste_colour"] == "match"
+    assert "paste_colour" not in record(True, "--paste_colour", "raw")
+    assert "paste_colour" not in record(False)

@@ -156,6 +156,46 @@ def test_stage_runner_logs_marks_and_skips_only_with_same_settings(tmp_path):
     assert not r.run("say hello", [sys.executable, "-c", "pass"], {"v": 2}, done=lambda: False).skipped
 
 
+def test_a_changed_generation_default_regenerates_the_pairs_and_reevaluates_them(tmp_path, monkeypatch):
+    """A release that changes how pairs are drawn (a pixel option's default) makes the demo's generate stage
+    stale: its old pairs folder is removed before generate_with_mask.py runs again (which would refuse to mix
+    records), an interrupted stage (no marker) keeps its pairs to resume, and the comparison's settings
+    follow the pairs' synthesis records so new pairs are evaluated again."""
+    import ldm.demo.pipeline as rd
+    from ldm.demo.pipeline import Demo, generation_defaults, pairs_identity
+    from ldm.demo.tiers import get_parser, resolve
+
+    assert generation_defaults()["paste_colour"] == "match" and "data_root" not in generation_defaults()
+    opt = get_parser().parse_args(["--out", str(tmp_path)])
+    ran = []
+
+    class Recorder(StageRunner):
+        def run(self, name, cmd, settings, **kw):
+            ran.append(settings)
+            self._mark(type("R", (), {"name": name, "as_dict": lambda self: {}})(), settings)
+            return type("Record", (), {"as_dict": lambda self: {}})()
+
+    demo = Demo(opt, resolve(opt), Recorder(tmp_path))
+    out = demo.folder("generated") / "fast"
+    pairs = out / "brick" / "crack"
+    (pairs / "image").mkdir(parents=True)
+    (pairs / "synthesis.json").write_text('{"paste_colour": "match"}')
+    demo.generate(tmp_path / "pt", "brick", "crack", out, 4)          # no marker yet: resume, keep the pairs
+    assert (pairs / "image").is_dir()
+    demo.generate(tmp_path / "pt", "brick", "crack", out, 4)          # same settings: nothing removed
+    assert (pairs / "image").is_dir()
+    monkeypatch.setattr(rd, "generation_defaults", lambda: dict(generation_defaults(), paste_colour="raw"))
+    demo.generate(tmp_path / "pt", "brick", "crack", out, 4)          # another default: stale pairs go
+    assert not pairs.exists() and ran[-1]["defaults"]["paste_colour"] == "raw"
+    pairs.mkdir(parents=True)
+    (pairs / "synthesis.json").write_text('{"paste_colour": "raw"}')
+    before = pairs_identity(out)
+    (pairs / "synthesis.json").write_text('{"paste_colour": "match"}')
+    assert pairs_identity(out) != before
+    demo.compare("compare", demo.folder("comparison"), ["brick"], "fast", 0, {"fast": out}, 4)
+    assert ran[-1]["pairs"] == {"fast": pairs_identity(out)}
+
+
 def test_stage_runner_failure_names_the_log_and_writes_no_marker(tmp_path):
     r = _runner(tmp_path)
     with pytest.raises(UserError, match="stage 'boom' failed .exit code 3.; full log: .*boom.log"):

@@ -180,6 +180,28 @@ def test_paste_is_exact_outside_mask():
     assert torch.equal(out[~keep], decoded[~keep])
 
 
+def test_matched_paste_removes_the_decoded_mean_colour_offset_measured_outside_the_mask():
+    """A decoded image = the normal image + a per-channel cast c + a defect d inside the mask: ``match``
+    pastes exactly image + d inside (the cast measured outside and taken away), ``raw`` image + c + d."""
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(2, 3, 16, 16, generator=g) * 0.5 - 0.25
+    cast = torch.tensor([0.02, 0.11, 0.10]).view(1, 3, 1, 1)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 7:9] = 1
+    defect = -0.3 * mask
+    decoded = image + cast + defect
+    inside = mask.expand_as(image) == 1
+    matched, raw = paste(decoded, image, mask, "match"), paste(decoded, image, mask, "raw")
+    assert torch.equal(matched[~inside], image[~inside]) and torch.equal(raw[~inside], image[~inside])
+    assert torch.allclose(matched[inside], (image + defect)[inside], atol=1e-6)
+    assert torch.allclose(raw[inside], (image + cast + defect)[inside], atol=1e-6)
+    assert torch.equal(paste(decoded, image, mask), raw)  # the function's default is the plain composite
+    full = torch.ones(2, 1, 16, 16)  # nothing outside to measure on: no offset, no nan
+    assert torch.equal(paste(decoded, image, full, "match"), decoded.clamp(-1, 1))
+    with pytest.raises(ValueError, match="paste colour must be one of match, raw, got 'mean'"):
+        paste(decoded, image, mask, "mean")
+
+
 class RecordingGuidance(MaskGuidance):
     """Logs every timestep at which the background latent is forward-noised (= written back)."""
 

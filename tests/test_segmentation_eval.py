@@ -233,3 +233,26 @@ def test_compare_synthesizers_tiny(world, tmp_path, capsys):
     assert main(args + ["--allow_leak"]) == 2
     err = capsys.readouterr().err
     assert "pairs of defect types fissure" in err and str(fast_dir / "widget") in err
+
+
+def test_a_finished_segmenter_run_is_reused_only_for_the_same_pair_bytes(tmp_path):
+    """The comparison reuses a segmenter run when its pairs are the same: same names are not enough, since
+    regenerating a folder (another generation default) keeps the names and changes the pixels."""
+    from types import SimpleNamespace
+
+    from ldm.segmentation.compare import fingerprint
+
+    keys = ("arch", "segformer_dir", "base_channels", "size", "steps", "batch_size", "lr", "loss", "normal_ratio",
+            "val_fraction", "val_every", "split", "seed", "examples")
+    a = SimpleNamespace(**{k: 1 for k in keys})
+    image, mask = tmp_path / "0.png", tmp_path / "0_mask.png"
+    image.write_bytes(b"pixels")
+    mask.write_bytes(b"mask")
+    records = [SimpleNamespace(image=image, mask=mask)]
+    before = fingerprint(records, a, "fast", "brick")
+    assert fingerprint(records, a, "fast", "brick") == before
+    image.write_bytes(b"other pixels")
+    assert fingerprint(records, a, "fast", "brick") != before
+    image.write_bytes(b"pixels")
+    mask.write_bytes(b"other mask")
+    assert fingerprint(records, a, "fast", "brick") != before

@@ -9,6 +9,7 @@ all of it runs N times with other seeds (``ldm.demo.evidence``) and the evidence
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,29 @@ def count_files(folder: Path, pattern: str = "*.png") -> int:
 
 def py() -> list[str]:
     return [sys.executable]
+
+
+def generation_defaults() -> dict:
+    """The defaults of every pixel-changing generation option (``ldm.generation.GenerationOptions``): part of
+    a generate stage's settings, so a release that changes how pairs are drawn regenerates them."""
+    from dataclasses import MISSING
+
+    from ldm.generation import GenerationOptions
+    from utils.options import field_default, fields_with
+
+    defaults = {f.name: field_default(f) for f in fields_with(GenerationOptions, "pixel")}
+    return {name: value for name, value in defaults.items() if value is not MISSING}  # required: no default
+
+
+def pairs_identity(folder: Path) -> str:
+    """A fingerprint of every synthesis record (``synthesis.json``) under a pairs folder: part of a
+    comparison's settings, so pairs drawn again are evaluated again."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for record in sorted(Path(folder).rglob("synthesis.json")):
+        digest.update(str(record.relative_to(folder)).encode() + b"\0" + record.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 class Demo:
@@ -165,8 +189,10 @@ class Demo:
                       *(["--seed", str(self.seed)] if self.seed else [])]
         settings = {"pt": str(pt_path), "sampler": sampler, "steps": steps, "farm": farm_mode, "n": n,
                     "fast_steps": self.opt.fast_steps, "extra": list(extra_args),
-                    **({"seed": self.seed} if self.seed else {})}
+                    **({"seed": self.seed} if self.seed else {}), "defaults": generation_defaults()}
         name = f"generate {label or sampler + '-' + str(steps)} {category}+{defect}"
+        if self.runner.stale(name, settings) and folder.is_dir():
+            shutil.rmtree(folder)  # pairs of other settings: generate_with_mask.py would refuse to mix them
         rec = self.runner.run(name, cmd, settings, total=n, unit="pairs", cwd=ROOT,
                               progress=lambda: (count_files(folder / "image-mask-ori"), n),
                               done=lambda: count_files(folder / "image-mask-ori") >= n,
@@ -197,7 +223,8 @@ class Demo:
 
         settings = {"categories": categories, "synths": synths, "seed": seed, "n": n,
                     **{method: str(folder) for method, folder in dirs.items()},
-                    "seg_steps": steps, "fast_steps": self.opt.fast_steps, "ldm_steps": self.opt.ldm_steps}
+                    "seg_steps": steps, "fast_steps": self.opt.fast_steps, "ldm_steps": self.opt.ldm_steps,
+                    "pairs": {method: pairs_identity(folder) for method, folder in dirs.items()}}
         self.runner.run(name, cmd, settings, total=runs * steps, unit="segmenter steps", cwd=ROOT,
                         progress=progress, done=lambda: (out / "results.json").is_file())
         return out / "results.json"

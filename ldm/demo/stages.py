@@ -68,15 +68,25 @@ class StageRunner:
     def _marker(self, name: str) -> Path:
         return self.markers / f"{slug(name)}.json"
 
-    def finished(self, name: str, settings: dict) -> Optional[dict]:
+    def _read_marker(self, name: str) -> Optional[dict]:
+        """Stage ``name``'s finished marker, or None (never finished, or unreadable)."""
         p = self._marker(name)
         if not p.is_file():
             return None
         try:
-            doc = json.loads(p.read_text())
+            return json.loads(p.read_text())
         except (OSError, ValueError):
             return None
-        return doc if doc.get("fingerprint") == fingerprint(settings) else None
+
+    def finished(self, name: str, settings: dict) -> Optional[dict]:
+        doc = self._read_marker(name)
+        return doc if doc is not None and doc.get("fingerprint") == fingerprint(settings) else None
+
+    def stale(self, name: str, settings: dict) -> bool:
+        """A previous run finished stage ``name`` with other settings (its outputs are out of date); False
+        when it never finished (interrupted work resumes) or finished with these settings."""
+        doc = self._read_marker(name)
+        return doc is not None and doc.get("fingerprint") != fingerprint(settings)
 
     def _mark(self, rec: StageRecord, settings: dict) -> None:
         self.markers.mkdir(parents=True, exist_ok=True)

@@ -132,8 +132,18 @@ def fingerprint(records, a, synth: str, category: str) -> str:
     keys = ("arch", "segformer_dir", "base_channels", "size", "steps", "batch_size", "lr", "loss", "normal_ratio",
             "val_fraction", "val_every", "split", "seed", "examples")
     doc = {"synth": synth, "category": category, "train": {k: getattr(a, k) for k in keys},
-           "pairs": [str(r.image) for r in records]}
+           "pairs": [str(r.image) for r in records], "content": pairs_content(records)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def pairs_content(records) -> str:
+    """A hash of every pair's image and mask bytes: pairs drawn again under the same names (another
+    generation default, a regenerated folder) are trained on again instead of reusing the old run."""
+    digest = hashlib.sha256()
+    for r in records:
+        for path in (r.image, r.mask):
+            digest.update(Path(path).read_bytes() if path is not None else b"-")
+    return digest.hexdigest()
 
 
 def pairs_preview(records, path: Path, n: int = 4) -> None:

@@ -61,7 +61,10 @@ class MGA(nn.Module):
 
 
 def build_adaptor(mode: str, channels: int = 4, widths=(64, 128, 256, 256, 64), cls: type = FineTune):
-    """The adaptor module for ``mode`` (``None`` when off); ``cls`` is ``FineTune`` (FAST) or ``MGA`` (STAGE)."""
+    """The adaptor module for ``mode`` (``None`` when off); ``cls`` is ``FineTune`` (FAST) or ``MGA`` (STAGE).
+    ``False`` is ``off``: YAML (and so ``model.params.adaptor=off`` on the command line) reads a bare off as false."""
+    if mode is False:
+        mode = "off"
     if mode not in ADAPTOR_MODES:
         raise ValueError(f"adaptor mode must be one of {ADAPTOR_MODES}, got '{mode}'")
     return None if mode == "off" else cls(channels, widths, zero_init=(mode == "residual"))

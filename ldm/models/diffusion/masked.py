@@ -136,7 +136,8 @@ class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
     @torch.no_grad()
     def generate(self, images: torch.Tensor, masks: torch.Tensor, captions: list[str], names: list | None,
                  sampler, rng, guidance_kw: dict | None = None, t_start: int | None = None,
-                 guidance_scale: float = 1.0, negative_captions: list[str] | None = None) -> torch.Tensor:
+                 guidance_scale: float = 1.0, negative_captions: list[str] | None = None,
+                 paste_colour: str = "match") -> torch.Tensor:
         """Normal images (B×3×H×W, [-1,1]) + masks (B×1×H×W or B×H×W, 1 = generate) → synthetic
         anomalous images (B×3×H×W, [-1,1])::
 
@@ -144,16 +145,18 @@ class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
             z_bg = E(images),  M = latent_mask(R)
             z    = sampler.sample(*sampling_plan(c, M, z_bg, **guidance_kw))  # x_T: noise, or z_bg noised to t_start
             x    = clamp(D(z), −1, 1)
-            out  = x·R + images·(1 − R) when ``pastes``, else x
+            out  = paste(x, images, R, paste_colour) when ``pastes``, else x   # x·R + images·(1 − R)
 
         ``sampling_plan(c, M, z_bg, **guidance_kw) -> (denoiser, guidance)`` is each subclass's own;
         ``sampler`` comes from ``make_sampler``; ``t_start``, when given, must be the sampler's own;
         ``guidance_kw`` takes the keys of ``guidance_options``. ``guidance_scale`` s ≠ 1 samples with
         classifier-free guidance against ``negative_captions`` (default ""): the plan's denoiser for c and
         for the negative captions, ε_u + s·(ε_c − ε_u) (``classifier_free``); the mask guidance is c's.
+        ``paste_colour`` (``samplers.guidance.paste``): ``match`` (default) removes the decoded image's mean
+        colour offset against the normal image before pasting, ``raw`` pastes it as decoded.
         Every refusal comes before any network call.
         """
-        from ldm.models.diffusion.samplers.guidance import classifier_free, paste
+        from ldm.models.diffusion.samplers.guidance import PASTE_COLOURS, classifier_free, paste
 
         name = type(self).__name__
         self.check_generation_sampler(sampler)
@@ -165,6 +168,9 @@ class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
         if unknown:
             raise UserError(f"{name}.generate: unknown guidance_kw {unknown} "
                             f"(takes {', '.join(self.guidance_options)})")
+        if paste_colour not in PASTE_COLOURS:
+            raise UserError(f"{name}.generate: paste_colour must be one of {', '.join(PASTE_COLOURS)}, "
+                            f"got {paste_colour!r}")
         if not guidance_scale >= 0:
             raise UserError(f"{name}.generate: guidance_scale must be >= 0, got {guidance_scale}")
         if negative_captions is not None and len(negative_captions) != len(captions):
@@ -186,4 +192,4 @@ class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
         z = sampler.sample(denoiser, tuple(z_bg.shape), rng=rng, guidance=guidance,
                            device=z_bg.device, dtype=z_bg.dtype)
         decoded = self.decode_first_stage(z).clamp(-1.0, 1.0)
-        return paste(decoded, images, region) if do_paste else decoded
+        return paste(decoded, images, region, paste_colour) if do_paste else decoded

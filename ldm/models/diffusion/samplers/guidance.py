@@ -22,10 +22,31 @@ FARM_MODES = ("input", "state", "off")
 MEAN_FROM = ("state", "input")
 
 
-def paste(decoded: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Pixel-space composite ``decoded * M + image * (1 - M)``; equals ``image`` bit for bit where M = 0."""
+PASTE_COLOURS = ("match", "raw")
+
+
+def paste(decoded: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, colour: str = "raw") -> torch.Tensor:
+    """Pixel-space composite of the decoded image into the normal one; equals ``image`` bit for bit where M = 0::
+
+        raw:    out = D · M + x · (1 − M)
+        match:  out = clamp(D + o, −1, 1) · M + x · (1 − M),   o_bc = Σ_{M=0} (x − D)_bc / Σ_{M=0} 1
+
+    ``match`` (B×C×H×W tensors) removes the decoded image's mean colour offset o (per image and channel,
+    measured where both are known: outside the mask) before pasting. Without it the region carries the
+    autoencoder's and the backbone's colour cast against the untouched pixels around it (+14 grey levels in
+    G and B on the demo's brick): a seam a segmenter can learn instead of the defect, in which a thin
+    defect's own colour change drowns.
+    A mask that covers the whole image has nothing to measure o on: o = 0 there."""
+    if colour not in PASTE_COLOURS:
+        raise ValueError(f"paste colour must be one of {', '.join(PASTE_COLOURS)}, got {colour!r}")
     mask = mask.to(dtype=image.dtype, device=image.device)
-    return decoded.to(image.dtype) * mask + image * (1.0 - mask)
+    decoded = decoded.to(image.dtype)
+    if colour == "match":
+        outside = 1.0 - mask
+        offset = ((image - decoded) * outside).sum(dim=(2, 3), keepdim=True) / \
+            outside.sum(dim=(2, 3), keepdim=True).clamp(min=1.0)
+        decoded = (decoded + offset).clamp(-1.0, 1.0)
+    return decoded * mask + image * (1.0 - mask)
 
 
 class MaskGuidance:
