@@ -7,7 +7,8 @@
 
 Output: ``<outdir>/<sample_name>/<anomaly_name>/{image,mask,image-mask-ori,meta}/<n>.png|json`` plus
 ``pairs.csv``, ``synthesis.json`` (settings), ``provenance.json`` (what the generator trained on) and
-``contact_sheet.png``. Pair n depends only on (seed, sample, anomaly, n): the same for any batch size,
+``contact_sheet.png``. Pair n's noise depends only on (seed, sample, anomaly, n): the same for any batch size
+(another batch size rounds batched convolutions differently: a pixel may move by one grey level),
 after an interruption, and on every process of a ``torchrun`` run (indices are split by rank).
 Re-running skips finished pairs; a rerun with any pixel-changing setting changed is refused. Pixels
 outside the mask are the normal image's, exactly -- except for STAGE in its official mode (no paste;

@@ -13,6 +13,7 @@ from ldm.models.diffusion.adaptor import MGA
 from ldm.models.diffusion.sampler_registry import build_sampler
 from ldm.models.diffusion.samplers import MaskGuidance
 from ldm.models.diffusion.samplers.rng import BatchRNG
+from ldm.models.diffusion.samplers.guidance import paste
 from ldm.models.diffusion.samplers.stage import STAGESampler, explicit_mask, stage_boundaries
 from ldm.models.diffusion.schedule import NoiseSchedule
 from ldm.models.diffusion.stage import available_artifact_steps
@@ -386,9 +387,13 @@ def test_the_paste_option_restores_the_exact_background(model):
     pasting = instantiate_from_config(stage_config(paste=True)).eval()
     pasting.load_state_dict(m.state_dict())
     by_config = _gen(pasting, images, masks)
+    matched = paste(raw, images, masks, "match")  # same run, only the (colour-matched) paste differs
+    assert not torch.equal(matched * masks, raw * masks)
     for out in (by_kw, by_sampler, by_config):
         assert torch.equal(out[outside], images[outside])  # bit-identical outside the mask
-        assert torch.equal(out * masks, raw * masks)         # same run, only the paste differs
+        assert torch.equal(out, matched)
+    as_decoded = _gen(m, images, masks, guidance_kw={"paste": True}, paste_colour="raw")
+    assert torch.equal(as_decoded[outside], images[outside]) and torch.equal(as_decoded * masks, raw * masks)
     # the explicit choice wins over the model's: the sampler's, then guidance_kw
     assert torch.equal(_gen(pasting, images, masks, sampler=pasting.make_sampler("stage", 10, paste="off")), raw)
     assert torch.equal(_gen(m, images, masks, sampler=m.make_sampler("stage", 10, paste=True),
