@@ -385,7 +385,21 @@ def test_evidence_tier_summarises_every_pipeline_seed_into_the_report(tmp_path, 
     assert "3 pipeline seeds" in verdict_for(single, tmp_path / "elsewhere", "texture-ad", doc["budget"])
     other = dict(doc["budget"], ldm_steps=doc["budget"]["ldm_steps"] + 1)
     text = verdict_for(single, tmp_path / "elsewhere", "texture-ad", other)
-    assert "No evidence run with this run's budgets and textures is on record" in text and "3 pipeline seeds" not in text
+    assert "No evidence run with this run's budgets, generation defaults and textures is on record" in text \
+        and "3 pipeline seeds" not in text
+    # ... and pairs drawn the same way: the record carries the generation defaults, and a record without them
+    # (older than the key) or with others (e.g. the raw paste) is passed over
+    from ldm.demo.evidence import generation_defaults
+
+    assert doc["generation"] == generation_defaults()
+    assert "3 pipeline seeds" in verdict_for(single, tmp_path / "elsewhere", "texture-ad", doc["budget"], doc["generation"])
+    raw = dict(generation_defaults(), paste_colour="raw")
+    assert "3 pipeline seeds" not in verdict_for(single, tmp_path / "elsewhere", "texture-ad", doc["budget"], raw)
+    record = tmp_path / "record" / "texture-ad.json"
+    old_record = {k: v for k, v in json.loads(record.read_text()).items() if k != "generation"}
+    record.write_text(json.dumps(old_record))
+    assert "3 pipeline seeds" not in verdict_for(single, tmp_path / "elsewhere", "texture-ad", doc["budget"],
+                                                 generation_defaults())
     with pytest.raises(UserError, match="--record_evidence needs --pipeline_seeds >= 2"):
         rd.main(["--smoke", "--record_evidence", "--out", str(tmp_path)])
 

@@ -99,6 +99,19 @@ AGREEMENT_NOTE = ("Colour agreement: the generated defects' mean signed colour s
                   "opposite).")
 
 
+def generation_defaults() -> dict:
+    """The defaults of every pixel-changing generation option (``ldm.generation.GenerationOptions``), as JSON
+    reads them back: part of a generate stage's settings, so a release that changes how pairs are drawn
+    regenerates them, and of an evidence record, which speaks only for pairs drawn the same way."""
+    from dataclasses import MISSING
+
+    from ldm.generation import GenerationOptions
+    from utils.options import field_default, fields_with
+
+    defaults = {f.name: field_default(f) for f in fields_with(GenerationOptions, "pixel")}
+    return json.loads(json.dumps({name: value for name, value in defaults.items() if value is not MISSING}))
+
+
 def share_cell(value: Optional[float], below: str) -> str:
     """A share as a table cell: ``n/a`` when unknown, ``" (<below>)"`` appended under ``CONTRAST_FLOOR``."""
     if value is None:
@@ -168,7 +181,7 @@ def write_evidence(opt, tier: str, per_seed: Mapping[int, dict], metric_labels: 
     doc["contrast"] = summarise_contrast(contrast or {})
     doc.update(family=opt.family, tier=tier, machine=machine(), finished=time.strftime("%Y-%m-%d %H:%M"),
                command="bash scripts/demo.sh " + " ".join(opt.argv),
-               budget=run_budget(opt))
+               budget=run_budget(opt), generation=generation_defaults())
     suffix = family_suffix(opt.family)
     out = Path(opt.out)
     text = json.dumps(doc, indent=1, default=str) + "\n"
@@ -186,14 +199,19 @@ def write_evidence(opt, tier: str, per_seed: Mapping[int, dict], metric_labels: 
     return path, doc
 
 
-def last_evidence(out: Path, family: str, budget: Optional[Mapping] = None) -> Optional[tuple[dict, str]]:
+def last_evidence(out: Path, family: str, budget: Optional[Mapping] = None,
+                  generation: Optional[Mapping] = None) -> Optional[tuple[dict, str]]:
     """The evidence a single run is judged against: this output folder's own evidence run if it has one, else
     the family's record in ``docs/evidence/``; with a short description of where it ran. With ``budget``, a
-    record measured with other budgets (another tier) is passed over: its spread says nothing about this run."""
+    record measured with other budgets (another tier) is passed over, and with ``generation`` one whose pairs
+    were drawn with other generation defaults (``generation_defaults``; records older than the key count as
+    other): their spread says nothing about this run."""
     for path in (Path(out) / f"evidence{family_suffix(family)}.json", RECORD_DIR / f"{family}.json"):
         if path.is_file():
             doc = json.loads(path.read_text())
             if budget is not None and doc.get("budget") != dict(budget):
+                continue
+            if generation is not None and doc.get("generation") != dict(generation):
                 continue
             where = f"{len(doc.get('seeds', []))} pipeline seeds on {doc.get('machine', 'an unknown machine')}, " \
                     f"{doc.get('finished', 'undated')}"
@@ -201,8 +219,9 @@ def last_evidence(out: Path, family: str, budget: Optional[Mapping] = None) -> O
     return None
 
 
-def verdict_for(results_doc: dict, out: Path, family: str, budget: Optional[Mapping] = None) -> str:
+def verdict_for(results_doc: dict, out: Path, family: str, budget: Optional[Mapping] = None,
+                generation: Optional[Mapping] = None) -> str:
     """The single-run verdict (``single_run_verdict``) of ``results_doc`` against ``last_evidence`` for the
-    same ``budget``."""
-    found = last_evidence(out, family, budget)
+    same ``budget`` and ``generation`` defaults."""
+    found = last_evidence(out, family, budget, generation)
     return single_run_verdict(results_doc, found[0] if found else None, found[1] if found else "")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ldm.data.texture_ad import FAMILIES
-from ldm.demo.evidence import (merge_segmenter_seeds, pipeline_out, segmenter_seeds, train_seed_args,
+from ldm.demo.evidence import (generation_defaults, merge_segmenter_seeds, pipeline_out, segmenter_seeds, train_seed_args,
                                write_evidence)
 from ldm.demo.report import REPORT_METRICS, contrast_rows, load_results, write_report
 from ldm.demo.stages import StageRunner, slug
@@ -47,18 +47,6 @@ def count_files(folder: Path, pattern: str = "*.png") -> int:
 
 def py() -> list[str]:
     return [sys.executable]
-
-
-def generation_defaults() -> dict:
-    """The defaults of every pixel-changing generation option (``ldm.generation.GenerationOptions``): part of
-    a generate stage's settings, so a release that changes how pairs are drawn regenerates them."""
-    from dataclasses import MISSING
-
-    from ldm.generation import GenerationOptions
-    from utils.options import field_default, fields_with
-
-    defaults = {f.name: field_default(f) for f in fields_with(GenerationOptions, "pixel")}
-    return {name: value for name, value in defaults.items() if value is not MISSING}  # required: no default
 
 
 def pairs_identity(folder: Path) -> str:
