@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 from ldm.data.mask_source import MASK_SOURCES, mask_source
 from ldm.models.diffusion.sampler_registry import ONE_BRANCH_SAMPLERS, SAMPLERS
+from ldm.models.diffusion.samplers.guidance import PASTE_COLOURS, PASTE_DEFAULT
 from utils.acceleration import compile_option, precision_option
 from utils.errors import InputNotFound, UserError
 from utils.options import fields_with, option
@@ -139,12 +140,12 @@ class GenerationOptions:
                                    else NOT_RECORDED,
                                    help="classifier-free guidance scale s: ε_neg + s·(ε_prompt − ε_neg); 1 = the "
                                         "prompt alone (one network call per step, the default)")
-    paste_colour: str = option("match", choices=("match", "raw"), pixel=True,
-                               record=lambda opt, at: opt.paste_colour if opt.paste_colour != "raw" and pastes(at)
+    paste_colour: str = option(PASTE_DEFAULT, choices=PASTE_COLOURS, pixel=True,
+                               record=lambda opt, at: opt.paste_colour if opt.paste_colour != PASTE_DEFAULT and pastes(at)
                                else NOT_RECORDED,
-                               help="how a pasting model's decoded region joins the normal image: match = remove "
-                                    "the decoded image's mean colour offset (measured outside the mask) first, "
-                                    "raw = as decoded (before this option: folders made then resume with raw)")
+                               help="how a pasting model's decoded region joins the normal image: raw = as "
+                                    "decoded (the official FAST composite), match = remove the decoded image's "
+                                    "mean colour offset (measured outside the mask) first")
     negative_prompt: str = option("", pixel=True,
                                   record=lambda opt, at: opt.negative_prompt if opt.guidance_scale != 1.0
                                   else NOT_RECORDED,

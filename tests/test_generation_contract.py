@@ -145,15 +145,16 @@ def test_guidance_refusals_come_before_any_network_call(model, monkeypatch):
         _guided(model, ["Anomaly *"] * 2, guidance_scale=2.0, negative_captions=[""])
 
 
-def test_pasting_models_match_the_decoded_colour_by_default(model, monkeypatch):
-    """FAST and GroundingAnomaly paste with ``paste_colour='match'`` by default: a decoder that returns the
-    normal image plus a colour cast gives back the normal image inside the mask (the cast, measured outside,
-    taken away); ``raw`` keeps the cast. STAGE's official output is the decoded image itself."""
+def test_pasting_models_paste_as_decoded_by_default_and_match_on_request(model, monkeypatch):
+    """FAST and GroundingAnomaly paste the decoded region as it is by default (the official composite): a
+    decoder that returns the normal image plus a colour cast keeps the cast inside the mask; with
+    ``paste_colour='match'`` the cast, measured outside the mask, is taken away and the normal image comes
+    back. STAGE's official output is the decoded image itself."""
     images, masks = _fixed_inputs()
     cast = torch.tensor([0.02, 0.11, 0.10]).view(1, 3, 1, 1)
     monkeypatch.setattr(model, "decode_first_stage", lambda z: images + cast)
-    matched = _guided(model, ["Anomaly *"] * 2)
-    raw = _guided(model, ["Anomaly *"] * 2, paste_colour="raw")
+    raw = _guided(model, ["Anomaly *"] * 2)
+    matched = _guided(model, ["Anomaly *"] * 2, paste_colour="match")
     if not model.paste:
         assert torch.equal(matched, raw) and torch.allclose(raw, (images + cast).clamp(-1, 1))
         return
@@ -161,6 +162,6 @@ def test_pasting_models_match_the_decoded_colour_by_default(model, monkeypatch):
     assert torch.equal(matched[~inside], images[~inside]) and torch.equal(raw[~inside], images[~inside])
     assert torch.allclose(matched[inside], images[inside], atol=1e-6)
     assert torch.allclose(raw[inside], (images + cast).clamp(-1, 1)[inside], atol=1e-6)
-    with pytest.raises(UserError, match=rf"^{type(model).__name__}\.generate: paste_colour must be one of match, "
-                                        r"raw, got 'mean'$"):
+    with pytest.raises(UserError, match=rf"^{type(model).__name__}\.generate: paste_colour must be one of raw, "
+                                        r"match, got 'mean'$"):
         _guided(model, ["Anomaly *"] * 2, paste_colour="mean")

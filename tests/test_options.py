@@ -136,8 +136,9 @@ def test_guidance_is_recorded_only_when_it_changes_the_pairs(tmp_path):
 
 
 def test_paste_colour_is_recorded_for_pasting_models_only(tmp_path):
-    """``match`` (the default) is in the record of a model that pastes, so folders pasted raw before the
-    option existed are refused rather than mixed; a model that does not paste (STAGE) records nothing."""
+    """``match`` is in the record of a model that pastes, so it never mixes with folders pasted raw (the
+    default, recorded as nothing, as before the option existed); a model that does not paste (STAGE)
+    records nothing."""
     import generate_with_mask
     from ldm.generation import TrainedRun, pixel_settings
 
@@ -158,6 +159,6 @@ def test_paste_colour_is_recorded_for_pasting_models_only(tmp_path):
                          step=1, ckpt=tmp_path / "backbone.ckpt", name="brick+scratch", train={})
         return pixel_settings(run, generate_with_mask.options(argv + list(flags)), "third", "mvtec", 32)
 
-    assert record(True)["paste_colour"] == "match"
-    assert "paste_colour" not in record(True, "--paste_colour", "raw")
-    assert "paste_colour" not in record(False)
+    assert record(True, "--paste_colour", "match")["paste_colour"] == "match"
+    assert "paste_colour" not in record(True) and "paste_colour" not in record(True, "--paste_colour", "raw")
+    assert "paste_colour" not in record(False, "--paste_colour", "match")

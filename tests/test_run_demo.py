@@ -165,7 +165,7 @@ def test_a_changed_generation_default_regenerates_the_pairs_and_reevaluates_them
     from ldm.demo.pipeline import Demo, generation_defaults, pairs_identity
     from ldm.demo.tiers import get_parser, resolve
 
-    assert generation_defaults()["paste_colour"] == "match" and "data_root" not in generation_defaults()
+    assert generation_defaults()["paste_colour"] == "raw" and "data_root" not in generation_defaults()
     opt = get_parser().parse_args(["--out", str(tmp_path)])
     ran = []
 
@@ -179,16 +179,16 @@ def test_a_changed_generation_default_regenerates_the_pairs_and_reevaluates_them
     out = demo.folder("generated") / "fast"
     pairs = out / "brick" / "crack"
     (pairs / "image").mkdir(parents=True)
-    (pairs / "synthesis.json").write_text('{"paste_colour": "match"}')
+    (pairs / "synthesis.json").write_text('{}')
     demo.generate(tmp_path / "pt", "brick", "crack", out, 4)          # no marker yet: resume, keep the pairs
     assert (pairs / "image").is_dir()
     demo.generate(tmp_path / "pt", "brick", "crack", out, 4)          # same settings: nothing removed
     assert (pairs / "image").is_dir()
-    monkeypatch.setattr(rd, "generation_defaults", lambda: dict(generation_defaults(), paste_colour="raw"))
+    monkeypatch.setattr(rd, "generation_defaults", lambda: dict(generation_defaults(), paste_colour="match"))
     demo.generate(tmp_path / "pt", "brick", "crack", out, 4)          # another default: stale pairs go
-    assert not pairs.exists() and ran[-1]["defaults"]["paste_colour"] == "raw"
+    assert not pairs.exists() and ran[-1]["defaults"]["paste_colour"] == "match"
     pairs.mkdir(parents=True)
-    (pairs / "synthesis.json").write_text('{"paste_colour": "raw"}')
+    (pairs / "synthesis.json").write_text('{}')
     before = pairs_identity(out)
     (pairs / "synthesis.json").write_text('{"paste_colour": "match"}')
     assert pairs_identity(out) != before

@@ -198,7 +198,7 @@ def test_matched_paste_removes_the_decoded_mean_colour_offset_measured_outside_t
     assert torch.equal(paste(decoded, image, mask), raw)  # the function's default is the plain composite
     full = torch.ones(2, 1, 16, 16)  # nothing outside to measure on: no offset, no nan
     assert torch.equal(paste(decoded, image, full, "match"), decoded.clamp(-1, 1))
-    with pytest.raises(ValueError, match="paste colour must be one of match, raw, got 'mean'"):
+    with pytest.raises(ValueError, match="paste colour must be one of raw, match, got 'mean'"):
         paste(decoded, image, mask, "mean")
 
 

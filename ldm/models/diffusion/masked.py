@@ -30,6 +30,7 @@ from ldm.models.diffusion.artifacts import ArtifactsMixin
 from ldm.models.diffusion.ddpm import LatentDiffusion
 from ldm.models.diffusion.latent_mask import latent_mask
 from ldm.models.diffusion.sampler_registry import ONE_BRANCH_SAMPLERS, build_sampler, check_ddpm_steps, check_sampler
+from ldm.models.diffusion.samplers.guidance import PASTE_COLOURS, PASTE_DEFAULT, classifier_free, paste
 from ldm.models.diffusion.samplers.stage import STAGESampler, parse_paste
 from utils.errors import UserError
 
@@ -137,7 +138,7 @@ class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
     def generate(self, images: torch.Tensor, masks: torch.Tensor, captions: list[str], names: list | None,
                  sampler, rng, guidance_kw: dict | None = None, t_start: int | None = None,
                  guidance_scale: float = 1.0, negative_captions: list[str] | None = None,
-                 paste_colour: str = "match") -> torch.Tensor:
+                 paste_colour: str = PASTE_DEFAULT) -> torch.Tensor:
         """Normal images (B×3×H×W, [-1,1]) + masks (B×1×H×W or B×H×W, 1 = generate) → synthetic
         anomalous images (B×3×H×W, [-1,1])::
 
@@ -152,12 +153,11 @@ class MaskedLatentDiffusion(ArtifactsMixin, LatentDiffusion):
         ``guidance_kw`` takes the keys of ``guidance_options``. ``guidance_scale`` s ≠ 1 samples with
         classifier-free guidance against ``negative_captions`` (default ""): the plan's denoiser for c and
         for the negative captions, ε_u + s·(ε_c − ε_u) (``classifier_free``); the mask guidance is c's.
-        ``paste_colour`` (``samplers.guidance.paste``): ``match`` (default) removes the decoded image's mean
-        colour offset against the normal image before pasting, ``raw`` pastes it as decoded.
+        ``paste_colour`` (``samplers.guidance.paste``): ``raw`` (default, the official composite) pastes the
+        decoded region as it is, ``match`` first removes the decoded image's mean colour offset against the
+        normal image.
         Every refusal comes before any network call.
         """
-        from ldm.models.diffusion.samplers.guidance import PASTE_COLOURS, classifier_free, paste
-
         name = type(self).__name__
         self.check_generation_sampler(sampler)
         if t_start is not None and getattr(sampler, "t_start", None) != int(t_start):

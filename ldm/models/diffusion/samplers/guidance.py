@@ -22,10 +22,11 @@ FARM_MODES = ("input", "state", "off")
 MEAN_FROM = ("state", "input")
 
 
-PASTE_COLOURS = ("match", "raw")
+PASTE_COLOURS = ("raw", "match")
+PASTE_DEFAULT = "raw"  # the official FAST composite; docs/method.md §1.4 has what match changed
 
 
-def paste(decoded: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, colour: str = "raw") -> torch.Tensor:
+def paste(decoded: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, colour: str = PASTE_DEFAULT) -> torch.Tensor:
     """Pixel-space composite of the decoded image into the normal one; equals ``image`` bit for bit where M = 0::
 
         raw:    out = D · M + x · (1 − M)
@@ -34,8 +35,9 @@ def paste(decoded: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, colour
     ``match`` (B×C×H×W tensors) removes the decoded image's mean colour offset o (per image and channel,
     measured where both are known: outside the mask) before pasting. Without it the region carries the
     autoencoder's and the backbone's colour cast against the untouched pixels around it (+14 grey levels in
-    G and B on the demo's brick): a seam a segmenter can learn instead of the defect, in which a thin
-    defect's own colour change drowns.
+    G and B on one demo brick backbone): a seam no real defect has. It is an option, not the default: on
+    another backbone the seam was most of the generated defects' contrast, and removing it lowered the
+    segmenter's anomaly IoU as often as it raised it (docs/method.md §1.4).
     A mask that covers the whole image has nothing to measure o on: o = 0 there."""
     if colour not in PASTE_COLOURS:
         raise ValueError(f"paste colour must be one of {', '.join(PASTE_COLOURS)}, got {colour!r}")
