@@ -388,13 +388,15 @@ def test_evidence_tier_summarises_every_pipeline_seed_into_the_report(tmp_path, 
     assert "No evidence run with this run's budgets, generation defaults and textures is on record" in text \
         and "3 pipeline seeds" not in text
     # ... and pairs drawn the same way: the record carries the generation defaults, and a record without them
-    # (older than the key) or with others (e.g. the raw paste) is passed over
+    # (older than the key) or with others (e.g. the other paste) is passed over
     from ldm.demo.evidence import generation_defaults
 
     assert doc["generation"] == generation_defaults()
-    assert "3 pipeline seeds" in verdict_for(single, tmp_path / "elsewhere", "texture-ad", doc["budget"], doc["generation"])
-    raw = dict(generation_defaults(), paste_colour="raw")
-    assert "3 pipeline seeds" not in verdict_for(single, tmp_path / "elsewhere", "texture-ad", doc["budget"], raw)
+    elsewhere = tmp_path / "elsewhere"
+    assert "3 pipeline seeds" in verdict_for(single, elsewhere, "texture-ad", doc["budget"], doc["generation"])
+    other_paste = dict(generation_defaults(),
+                       paste_colour="match" if doc["generation"]["paste_colour"] == "raw" else "raw")
+    assert "3 pipeline seeds" not in verdict_for(single, elsewhere, "texture-ad", doc["budget"], other_paste)
     record = tmp_path / "record" / "texture-ad.json"
     old_record = {k: v for k, v in json.loads(record.read_text()).items() if k != "generation"}
     record.write_text(json.dumps(old_record))
