@@ -141,8 +141,8 @@ class GenerationOptions:
                                    help="classifier-free guidance scale s: ε_neg + s·(ε_prompt − ε_neg); 1 = the "
                                         "prompt alone (one network call per step, the default)")
     paste_colour: str = option(PASTE_DEFAULT, choices=PASTE_COLOURS, pixel=True,
-                               record=lambda opt, at: opt.paste_colour if opt.paste_colour != PASTE_DEFAULT and pastes(at)
-                               else NOT_RECORDED,
+                               record=lambda opt, at: opt.paste_colour
+                               if opt.paste_colour != PASTE_DEFAULT and pastes(at) else NOT_RECORDED,
                                help="how a pasting model's decoded region joins the normal image: raw = as "
                                     "decoded (the official FAST composite), match = remove the decoded image's "
                                     "mean colour offset (measured outside the mask) first")

@@ -400,8 +400,7 @@ def test_evidence_tier_summarises_every_pipeline_seed_into_the_report(tmp_path, 
     record = tmp_path / "record" / "texture-ad.json"
     old_record = {k: v for k, v in json.loads(record.read_text()).items() if k != "generation"}
     record.write_text(json.dumps(old_record))
-    assert "3 pipeline seeds" not in verdict_for(single, tmp_path / "elsewhere", "texture-ad", doc["budget"],
-                                                 generation_defaults())
+    assert "3 pipeline seeds" not in verdict_for(single, elsewhere, "texture-ad", doc["budget"], generation_defaults())
     with pytest.raises(UserError, match="--record_evidence needs --pipeline_seeds >= 2"):
         rd.main(["--smoke", "--record_evidence", "--out", str(tmp_path)])
 

@@ -12,8 +12,8 @@ from ldm.data.texture_ad import build_texture_ad
 from ldm.models.diffusion.adaptor import MGA
 from ldm.models.diffusion.sampler_registry import build_sampler
 from ldm.models.diffusion.samplers import MaskGuidance
-from ldm.models.diffusion.samplers.rng import BatchRNG
 from ldm.models.diffusion.samplers.guidance import paste
+from ldm.models.diffusion.samplers.rng import BatchRNG
 from ldm.models.diffusion.samplers.stage import STAGESampler, explicit_mask, stage_boundaries
 from ldm.models.diffusion.schedule import NoiseSchedule
 from ldm.models.diffusion.stage import available_artifact_steps

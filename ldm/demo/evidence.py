@@ -112,6 +112,12 @@ def generation_defaults() -> dict:
     return json.loads(json.dumps({name: value for name, value in defaults.items() if value is not MISSING}))
 
 
+def record_conditions(opt) -> dict:
+    """What an evidence record speaks for, as stored in it: the run's ``budget`` and its pairs' ``generation``
+    defaults. A single run is judged only against a record with the same conditions."""
+    return {"budget": run_budget(opt), "generation": generation_defaults()}
+
+
 def share_cell(value: Optional[float], below: str) -> str:
     """A share as a table cell: ``n/a`` when unknown, ``" (<below>)"`` appended under ``CONTRAST_FLOOR``."""
     if value is None:
@@ -181,7 +187,7 @@ def write_evidence(opt, tier: str, per_seed: Mapping[int, dict], metric_labels: 
     doc["contrast"] = summarise_contrast(contrast or {})
     doc.update(family=opt.family, tier=tier, machine=machine(), finished=time.strftime("%Y-%m-%d %H:%M"),
                command="bash scripts/demo.sh " + " ".join(opt.argv),
-               budget=run_budget(opt), generation=generation_defaults())
+               **record_conditions(opt))
     suffix = family_suffix(opt.family)
     out = Path(opt.out)
     text = json.dumps(doc, indent=1, default=str) + "\n"
@@ -209,9 +215,8 @@ def last_evidence(out: Path, family: str, budget: Optional[Mapping] = None,
     for path in (Path(out) / f"evidence{family_suffix(family)}.json", RECORD_DIR / f"{family}.json"):
         if path.is_file():
             doc = json.loads(path.read_text())
-            if budget is not None and doc.get("budget") != dict(budget):
-                continue
-            if generation is not None and doc.get("generation") != dict(generation):
+            wanted = {"budget": budget, "generation": generation}
+            if any(value is not None and doc.get(key) != dict(value) for key, value in wanted.items()):
                 continue
             where = f"{len(doc.get('seeds', []))} pipeline seeds on {doc.get('machine', 'an unknown machine')}, " \
                     f"{doc.get('finished', 'undated')}"

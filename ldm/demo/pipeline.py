@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ldm.data.texture_ad import FAMILIES
-from ldm.demo.evidence import (generation_defaults, merge_segmenter_seeds, pipeline_out, segmenter_seeds, train_seed_args,
-                               write_evidence)
+from ldm.demo.evidence import (generation_defaults, merge_segmenter_seeds, pipeline_out, segmenter_seeds,
+                               train_seed_args, write_evidence)
 from ldm.demo.report import REPORT_METRICS, contrast_rows, load_results, write_report
 from ldm.demo.stages import StageRunner, slug
 from ldm.demo.tiers import TEXTURES, ablation_categories, family_dir, family_suffix, get_parser, resolve

@@ -13,8 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
-from ldm.demo.evidence import (AGREEMENT_NOTE, contrast_markdown, generation_defaults, machine, merge_segmenter_seeds,
-                               run_budget,
+from ldm.demo.evidence import (AGREEMENT_NOTE, contrast_markdown, machine, merge_segmenter_seeds, record_conditions,
                                share_cell, verdict_for)
 from ldm.demo.stages import StageRunner
 from ldm.demo.tiers import TIERS, family_dir, family_suffix
@@ -175,7 +174,7 @@ def noise_section(opt, out: Path, docs: list[dict], evidence) -> tuple[list[str]
         return lines, verdict
     if not docs:
         return [], ""
-    verdict = verdict_for(merge_segmenter_seeds(docs), out, opt.family, run_budget(opt), generation_defaults())
+    verdict = verdict_for(merge_segmenter_seeds(docs), out, opt.family, **record_conditions(opt))
     return lines + [verdict, ""], verdict
 
 

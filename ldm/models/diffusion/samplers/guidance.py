@@ -26,7 +26,8 @@ PASTE_COLOURS = ("raw", "match")
 PASTE_DEFAULT = "raw"  # the official FAST composite; docs/method.md §1.4 has what match changed
 
 
-def paste(decoded: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, colour: str = PASTE_DEFAULT) -> torch.Tensor:
+def paste(decoded: torch.Tensor, image: torch.Tensor, mask: torch.Tensor,
+          colour: str = PASTE_DEFAULT) -> torch.Tensor:
     """Pixel-space composite of the decoded image into the normal one; equals ``image`` bit for bit where M = 0::
 
         raw:    out = D · M + x · (1 − M)
