@@ -113,7 +113,8 @@ def test_single_run_is_judged_against_the_evidence_of_its_own_textures():
                     "cutpaste": {"brick": 0.05, "grass": 0.1}})
     assert "measured FAST − draem: +22.0" in single_run_verdict(both, record)
     gravel = results({"fast": {"gravel": 0.3}, "draem": {"gravel": 0.1}, "cutpaste": {"gravel": 0.1}})
-    assert "No evidence run with this run's budgets, generation defaults and textures" in single_run_verdict(gravel, record)
+    assert "No evidence run with this run's budgets, generation defaults, models and textures" \
+        in single_run_verdict(gravel, record)
 
 
 def test_the_machine_line_names_the_processor(tmp_path):

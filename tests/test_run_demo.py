@@ -196,6 +196,59 @@ def test_a_changed_generation_default_regenerates_the_pairs_and_reevaluates_them
     assert ran[-1]["pairs"] == {"fast": pairs_identity(out)}
 
 
+def test_a_changed_model_config_retrains_it_and_everything_that_reads_it(tmp_path, monkeypatch):
+    """A release that changes a model (e.g. the backbone's latent size) must not resume the old checkpoint
+    (main.py -r would load the old model's config, and the generators trained on it would no longer fit): a
+    finished train stage whose config's ``model`` section changed is deleted and trained from its config, and
+    every later stage that reads it (its checkpoint named in the arguments) sees other settings and runs again.
+    An interrupted stage (no marker) still resumes."""
+    import ldm.demo.pipeline as rd
+    from ldm.demo.pipeline import Demo, config_digest
+    from ldm.demo.tiers import get_parser, resolve
+
+    opt = get_parser().parse_args(["--out", str(tmp_path)])
+    ran = []
+
+    class Recorder(StageRunner):
+        def run(self, name, cmd, settings, **kw):
+            ran.append((name, cmd, settings))
+            self._mark(type("R", (), {"name": name, "as_dict": lambda self: {}})(), settings)
+            return type("Record", (), {"as_dict": lambda self: {}})()
+
+    def backbone(demo):
+        ae = demo.train("autoencoder", "configs/tiny/autoencoder.yaml", 5, [])
+        ae.parent.mkdir(parents=True, exist_ok=True)
+        ae.write_bytes(b"a checkpoint")
+        ldm = demo.train("ldm", "configs/tiny/ldm.yaml", 5, [f"model.params.first_stage_config.params.ckpt_path={ae}"])
+        fast = demo.fast(ldm, "brick", "crack")
+        demo.generate(fast, "brick", "crack", demo.folder("generated") / "fast", 4)
+        return ae
+
+    ae = backbone(Demo(opt, resolve(opt), Recorder(tmp_path)))
+    first = {name: settings for name, _, settings in ran}
+    assert first["train autoencoder"]["model"] == config_digest("configs/tiny/autoencoder.yaml")
+    assert first["train autoencoder"]["reads"] == []
+    assert len(first["train ldm"]["reads"]) == 1 and len(first["train fast/brick+crack"]["reads"]) == 1
+    assert len(first["generate aias-10 brick+crack"]["reads"]) == 1
+
+    ran.clear()                                                       # same release: the checkpoint resumes
+    backbone(Demo(opt, resolve(opt), Recorder(tmp_path)))
+    assert "-r" in ran[0][1] and ae.is_file() and {n: s for n, _, s in ran} == first
+
+    real = rd.config_digest
+    monkeypatch.setattr(rd, "config_digest", lambda c: real(c) + ("-f2" if "autoencoder" in c else ""))
+    ran.clear()
+    (ae.parent / "stale-marker").write_text("")
+    Demo(opt, resolve(opt), Recorder(tmp_path)).train("autoencoder", "configs/tiny/autoencoder.yaml", 5, [])
+    assert "--base" in ran[0][1] and "-r" not in ran[0][1]             # trained afresh from the new config ...
+    assert not (ae.parent / "stale-marker").exists()                  # ... in a folder emptied of the old run
+    ran.clear()
+    backbone(Demo(opt, resolve(opt), Recorder(tmp_path)))
+    again = {name: settings for name, _, settings in ran}
+    for stage in ("train ldm", "train fast/brick+crack", "generate aias-10 brick+crack"):
+        assert again[stage]["reads"] != first[stage]["reads"], stage     # everything downstream is stale too
+
+
 def test_stage_runner_failure_names_the_log_and_writes_no_marker(tmp_path):
     r = _runner(tmp_path)
     with pytest.raises(UserError, match="stage 'boom' failed .exit code 3.; full log: .*boom.log"):
@@ -382,25 +435,31 @@ def test_evidence_tier_summarises_every_pipeline_seed_into_the_report(tmp_path, 
     text = verdict_for(single, tmp_path / "elsewhere", "texture-ad")
     assert "This single run: FAST − draem = +10.0" in text and "3 pipeline seeds" in text
     # ... but only by a run with the same budgets: the smoke record says nothing about a default-tier run
-    assert "3 pipeline seeds" in verdict_for(single, tmp_path / "elsewhere", "texture-ad", doc["budget"])
+    elsewhere = tmp_path / "elsewhere"
+    conditions = {key: doc[key] for key in ("budget", "generation", "models")}
+    assert "3 pipeline seeds" in verdict_for(single, elsewhere, "texture-ad", conditions)
     other = dict(doc["budget"], ldm_steps=doc["budget"]["ldm_steps"] + 1)
-    text = verdict_for(single, tmp_path / "elsewhere", "texture-ad", other)
-    assert "No evidence run with this run's budgets, generation defaults and textures is on record" in text \
+    text = verdict_for(single, elsewhere, "texture-ad", dict(conditions, budget=other))
+    assert "No evidence run with this run's budgets, generation defaults, models and textures is on record" in text \
         and "3 pipeline seeds" not in text
-    # ... and pairs drawn the same way: the record carries the generation defaults, and a record without them
-    # (older than the key) or with others (e.g. the other paste) is passed over
-    from ldm.demo.evidence import generation_defaults
+    # ... pairs drawn the same way: the record carries the generation defaults, and a record with others
+    # (e.g. the other paste) is passed over
+    from ldm.demo.evidence import demo_models, generation_defaults
 
     assert doc["generation"] == generation_defaults()
-    elsewhere = tmp_path / "elsewhere"
-    assert "3 pipeline seeds" in verdict_for(single, elsewhere, "texture-ad", doc["budget"], doc["generation"])
     other_paste = dict(generation_defaults(),
                        paste_colour="match" if doc["generation"]["paste_colour"] == "raw" else "raw")
-    assert "3 pipeline seeds" not in verdict_for(single, elsewhere, "texture-ad", doc["budget"], other_paste)
+    assert "3 pipeline seeds" not in verdict_for(single, elsewhere, "texture-ad",
+                                                 dict(conditions, generation=other_paste))
+    # ... and by the same models: a record trained with another config (e.g. another latent size) is passed over
+    assert doc["models"] == demo_models() and set(doc["models"]) == {"autoencoder", "ldm", "fast", "stage", "grounding"}
+    other_models = dict(doc["models"], autoencoder="0" * 16)
+    assert "3 pipeline seeds" not in verdict_for(single, elsewhere, "texture-ad", dict(conditions, models=other_models))
+    # a record older than one of the keys says nothing about this run either
     record = tmp_path / "record" / "texture-ad.json"
-    old_record = {k: v for k, v in json.loads(record.read_text()).items() if k != "generation"}
-    record.write_text(json.dumps(old_record))
-    assert "3 pipeline seeds" not in verdict_for(single, elsewhere, "texture-ad", doc["budget"], generation_defaults())
+    for key in ("generation", "models"):
+        record.write_text(json.dumps({k: v for k, v in doc.items() if k != key}))
+        assert "3 pipeline seeds" not in verdict_for(single, elsewhere, "texture-ad", conditions), key
     with pytest.raises(UserError, match="--record_evidence needs --pipeline_seeds >= 2"):
         rd.main(["--smoke", "--record_evidence", "--out", str(tmp_path)])
 

@@ -112,10 +112,33 @@ def generation_defaults() -> dict:
     return json.loads(json.dumps({name: value for name, value in defaults.items() if value is not MISSING}))
 
 
+# the configs the demo trains with, by role: the backbone (autoencoder, LDM) and one per generator method
+DEMO_CONFIGS = {"autoencoder": "configs/tiny/autoencoder.yaml", "ldm": "configs/tiny/ldm.yaml",
+                "fast": "configs/fast/texture-demo.yaml", "stage": "configs/stage/texture-demo.yaml",
+                "grounding": "configs/grounding/texture-demo.yaml"}
+
+
+def config_digest(config: str) -> str:
+    """A fingerprint of the ``model`` section of a YAML config (path relative to the repository): what a
+    checkpoint trained with it is, whatever the data, steps or logging. Part of a demo train stage's settings,
+    so a release that changes a model retrains it instead of resuming the old one."""
+    from omegaconf import OmegaConf
+
+    from ldm.demo.stages import fingerprint
+
+    return fingerprint(OmegaConf.to_container(OmegaConf.load(ROOT / config).model, resolve=True))
+
+
+def demo_models() -> dict:
+    """``config_digest`` of every config in ``DEMO_CONFIGS``, by role."""
+    return {role: config_digest(config) for role, config in DEMO_CONFIGS.items()}
+
+
 def record_conditions(opt) -> dict:
-    """What an evidence record speaks for, as stored in it: the run's ``budget`` and its pairs' ``generation``
-    defaults. A single run is judged only against a record with the same conditions."""
-    return {"budget": run_budget(opt), "generation": generation_defaults()}
+    """What an evidence record speaks for, as stored in it: the run's ``budget``, its pairs' ``generation``
+    defaults and the ``models`` it trained (``demo_models``). A single run is judged only against a record
+    with the same conditions."""
+    return {"budget": run_budget(opt), "generation": generation_defaults(), "models": demo_models()}
 
 
 def share_cell(value: Optional[float], below: str) -> str:
@@ -205,18 +228,15 @@ def write_evidence(opt, tier: str, per_seed: Mapping[int, dict], metric_labels: 
     return path, doc
 
 
-def last_evidence(out: Path, family: str, budget: Optional[Mapping] = None,
-                  generation: Optional[Mapping] = None) -> Optional[tuple[dict, str]]:
+def last_evidence(out: Path, family: str, conditions: Optional[Mapping] = None) -> Optional[tuple[dict, str]]:
     """The evidence a single run is judged against: this output folder's own evidence run if it has one, else
-    the family's record in ``docs/evidence/``; with a short description of where it ran. With ``budget``, a
-    record measured with other budgets (another tier) is passed over, and with ``generation`` one whose pairs
-    were drawn with other generation defaults (``generation_defaults``; records older than the key count as
-    other): their spread says nothing about this run."""
+    the family's record in ``docs/evidence/``; with a short description of where it ran. A record whose
+    ``conditions`` (``record_conditions``: budgets, generation defaults, models) differ from the given ones is
+    passed over, and so is a record older than one of their keys: its spread says nothing about this run."""
     for path in (Path(out) / f"evidence{family_suffix(family)}.json", RECORD_DIR / f"{family}.json"):
         if path.is_file():
             doc = json.loads(path.read_text())
-            wanted = {"budget": budget, "generation": generation}
-            if any(value is not None and doc.get(key) != dict(value) for key, value in wanted.items()):
+            if any(doc.get(key) != json.loads(json.dumps(value)) for key, value in (conditions or {}).items()):
                 continue
             where = f"{len(doc.get('seeds', []))} pipeline seeds on {doc.get('machine', 'an unknown machine')}, " \
                     f"{doc.get('finished', 'undated')}"
@@ -224,9 +244,8 @@ def last_evidence(out: Path, family: str, budget: Optional[Mapping] = None,
     return None
 
 
-def verdict_for(results_doc: dict, out: Path, family: str, budget: Optional[Mapping] = None,
-                generation: Optional[Mapping] = None) -> str:
-    """The single-run verdict (``single_run_verdict``) of ``results_doc`` against ``last_evidence`` for the
-    same ``budget`` and ``generation`` defaults."""
-    found = last_evidence(out, family, budget, generation)
+def verdict_for(results_doc: dict, out: Path, family: str, conditions: Optional[Mapping] = None) -> str:
+    """The single-run verdict (``single_run_verdict``) of ``results_doc`` against ``last_evidence`` with the
+    same ``conditions``."""
+    found = last_evidence(out, family, conditions)
     return single_run_verdict(results_doc, found[0] if found else None, found[1] if found else "")

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ldm.data.texture_ad import FAMILIES
-from ldm.demo.evidence import (generation_defaults, merge_segmenter_seeds, pipeline_out, segmenter_seeds,
-                               train_seed_args, write_evidence)
+from ldm.demo.evidence import (DEMO_CONFIGS, config_digest, generation_defaults, merge_segmenter_seeds,
+                               pipeline_out, segmenter_seeds, train_seed_args, write_evidence)
 from ldm.demo.report import REPORT_METRICS, contrast_rows, load_results, write_report
-from ldm.demo.stages import StageRunner, slug
+from ldm.demo.stages import StageRunner, fingerprint, slug
 from ldm.demo.tiers import TEXTURES, ablation_categories, family_dir, family_suffix, get_parser, resolve
 from utils.cli import run_cli
 from utils.progress import fmt_seconds
@@ -72,6 +72,7 @@ class Demo:
         self.suffix = family_suffix(opt.family)
         self.data = self.data_root(opt.family)
         self.common = ["--gpus", opt.gpus] if opt.gpus else []  # --threads reaches children as OMP_NUM_THREADS
+        self.lineage: dict[str, str] = {}  # "<logdir>/" of each run trained so far -> its settings' fingerprint
 
     def data_root(self, family: str) -> Path:
         return family_dir(self.root / "data", "texture-ad", family)
@@ -101,19 +102,31 @@ class Demo:
         self.runner.record_inline(name, time.perf_counter() - t, settings, unit="textures", total=len(TEXTURES))
 
     def train(self, name: str, config: str, steps: int, overrides: list[str], extra_args=()) -> Path:
+        """Train (or resume) run ``name`` of ``config``. Its settings hold the config's ``model`` section
+        (``config_digest``) and the lineage of every earlier run it reads (a checkpoint named in its arguments):
+        a run finished with other settings -- a release that changed a model, or an upstream model trained
+        again -- is deleted and trained afresh, never resumed."""
         logdir = self.out / "logs" / name
         ckpt = logdir / "checkpoints" / "last.ckpt"
         extra_args = [*extra_args, *train_seed_args(self.seed)]
+        settings = {"config": config, "steps": steps, "overrides": overrides, "extra": list(extra_args),
+                    "model": config_digest(config), "reads": self.reads([*overrides, *extra_args])}
+        if self.runner.stale(f"train {name}", settings) and logdir.is_dir():
+            shutil.rmtree(logdir)
         if ckpt.is_file():
             cmd = py() + ["main.py", "-r", str(logdir), "-t", "--max_steps", str(steps), *self.common,
                           *train_seed_args(self.seed)]
         else:
             cmd = py() + ["main.py", "--base", config, "-t", "-l", str(self.out / "logs"), "-lf", name,
                           "--max_steps", str(steps), *self.common, *extra_args, *overrides]
-        settings = {"config": config, "steps": steps, "overrides": overrides, "extra": list(extra_args)}
         self.runner.run(f"train {name}", cmd, settings, total=steps, unit="steps", cwd=ROOT,
                         done=lambda: trained(ckpt, steps))
+        self.lineage[f"{logdir}{os.sep}"] = fingerprint(settings)
         return ckpt
+
+    def reads(self, args) -> list[str]:
+        """The lineage fingerprints of the runs trained earlier in this pipeline whose folder ``args`` name."""
+        return [fp for logdir, fp in self.lineage.items() if any(logdir in f"{a}{os.sep}" for a in args)]
 
     def fast(self, ldm: Path, category: str, defect: str, method: str = "fast", variant: str = "",
              overrides: tuple = ()) -> Path:
@@ -126,7 +139,7 @@ class Demo:
         word = init_word_for(defect, load_bert_tokenizer("tiny"), "anomaly", "texture_ad", category)
         extra = ["--actual_resume", str(ldm), "--mvtec_path", str(self.data), "--category", category,
                  "--defect", defect, "--init_word", word or "anomaly"]
-        self.train(run, f"configs/{method}/texture-demo.yaml", self.opt.fast_steps,
+        self.train(run, DEMO_CONFIGS[method], self.opt.fast_steps,
                    [f"data.params.train.params.root={self.data}", *overrides], extra)
         return self.out / "logs" / run / "checkpoints"
 
@@ -135,7 +148,7 @@ class Demo:
         setting, where the semantic map tells the types apart), trained as long as the per-defect models
         together."""
         run = f"grounding-{variant}/{category}"
-        self.train(run, "configs/grounding/texture-demo.yaml", self.opt.fast_steps * len(self.opt.defect_list),
+        self.train(run, DEMO_CONFIGS["grounding"], self.opt.fast_steps * len(self.opt.defect_list),
                    [*self.texture_data(category), *overrides], ["--actual_resume", str(ldm), "--init_word", "anomaly"])
         return self.out / "logs" / run / "checkpoints"
 
@@ -161,7 +174,8 @@ class Demo:
         cmd = py() + ["scripts/mask_ti_report.py", "--pt_path", str(mask_run), "--name", f"{category}+{defect}",
                       "--mask_path", str(self.data / category / "ground_truth" / defect),
                       "--weight_idx", str(self.opt.mask_steps), "--n", str(n), "--size", "64", "--out", str(folder)]
-        settings = {"pt": str(mask_run), "mask_steps": self.opt.mask_steps, "n": n}
+        settings = {"pt": str(mask_run), "mask_steps": self.opt.mask_steps, "n": n,
+                    "reads": self.reads([str(mask_run)])}
         self.runner.run(f"mask diversity {category}+{defect}", cmd, settings, total=n, unit="masks", cwd=ROOT,
                         done=lambda: (folder / "diversity.json").is_file())
         return folder / "diversity.json"
@@ -177,7 +191,8 @@ class Demo:
                       *(["--seed", str(self.seed)] if self.seed else [])]
         settings = {"pt": str(pt_path), "sampler": sampler, "steps": steps, "farm": farm_mode, "n": n,
                     "fast_steps": self.opt.fast_steps, "extra": list(extra_args),
-                    **({"seed": self.seed} if self.seed else {}), "defaults": generation_defaults()}
+                    **({"seed": self.seed} if self.seed else {}), "defaults": generation_defaults(),
+                    "reads": self.reads([str(pt_path), *extra_args])}
         name = f"generate {label or sampler + '-' + str(steps)} {category}+{defect}"
         if self.runner.stale(name, settings) and folder.is_dir():
             shutil.rmtree(folder)  # pairs of other settings: generate_with_mask.py would refuse to mix them
@@ -231,8 +246,8 @@ def pipeline(opt, tier: str, runner: StageRunner, seed: int = 0) -> dict:
         if opt.family != "texture-ad":
             demo.dataset(opt.family)
     root = [f"data.params.train.params.root={demo.backbone_data}"]
-    ae = demo.train("autoencoder", "configs/tiny/autoencoder.yaml", opt.ae_steps, root)
-    ldm = demo.train("ldm", "configs/tiny/ldm.yaml", opt.ldm_steps,
+    ae = demo.train("autoencoder", DEMO_CONFIGS["autoencoder"], opt.ae_steps, root)
+    ldm = demo.train("ldm", DEMO_CONFIGS["ldm"], opt.ldm_steps,
                      root + [f"model.params.first_stage_config.params.ckpt_path={ae}"])
     methods = ["fast"] + (["stage"] if opt.stage else []) + (["grounding"] if opt.grounding else [])
     dirs, runs, gens = {}, {}, []

@@ -174,7 +174,7 @@ def noise_section(opt, out: Path, docs: list[dict], evidence) -> tuple[list[str]
         return lines, verdict
     if not docs:
         return [], ""
-    verdict = verdict_for(merge_segmenter_seeds(docs), out, opt.family, **record_conditions(opt))
+    verdict = verdict_for(merge_segmenter_seeds(docs), out, opt.family, record_conditions(opt))
     return lines + [verdict, ""], verdict
 
 

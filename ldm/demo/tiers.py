@@ -15,7 +15,7 @@ from utils.errors import UserError
 TEXTURES = ("brick", "grass", "gravel")
 # budgets per tier: (ae, ldm, fast, n_samples, seg_steps, mask-TI steps, masks of its diversity report); the
 # mask model trains at ~2.5 steps/s on one busy core: 500 steps take ~3.5 minutes per texture
-DEFAULT_BUDGET = dict(ae_steps=250, ldm_steps=1000, fast_steps=200, n_samples=128, seg_steps=400, mask_steps=500,
+DEFAULT_BUDGET = dict(ae_steps=250, ldm_steps=800, fast_steps=200, n_samples=128, seg_steps=400, mask_steps=500,
                       diversity_masks=64)
 TIERS = {
     "default": DEFAULT_BUDGET,

@@ -199,8 +199,8 @@ def single_run_verdict(results: Mapping, evidence: Optional[Mapping], source: st
     head = f"This single run: FAST − {best} = {_pct(gap)} anomaly IoU points."
     scope = evidence_scope(textures, evidence)
     if scope is None:
-        return head + (" No evidence run with this run's budgets, generation defaults and textures is on "
-                       "record, so its spread is unknown: a single run cannot tell a lead from noise (run the "
+        return head + (" No evidence run with this run's budgets, generation defaults, models and textures "
+                       "is on record, so its spread is unknown: a single run cannot tell a lead from noise (run the "
                        "demo with `--pipeline_seeds 3`, or `--full`).")
     p = evidence["paired"][scope]
     sd = p["std"]
