@@ -87,3 +87,17 @@ def test_folder_contrast_reads_pairs_and_real_defects_at_the_working_size(tmp_pa
     assert real["n"] == 1 and 55.0 < real["contrast"] <= 60.0
     assert contrast_ratio(gen, real) == round(30.0 / real["contrast"], 3)
     assert contrast_ratio({"contrast": None}, real) is None
+
+
+def test_contrast_cells_flag_faint_and_too_strong_defects():
+    """A generated defect type is judged against the real ones from both sides: under CONTRAST_FLOOR it is
+    faint, over CONTRAST_CEILING (the f2 backbone's brick stains, 155-185 % of real) it is another, stronger
+    defect; both are named in the report's and the evidence's tables."""
+    from ldm.demo.evidence import contrast_markdown, share_cell, summarise_contrast
+
+    assert share_cell(0.3, "faint") == "30% (faint)" and share_cell(0.9, "faint") == "90%"
+    assert share_cell(1.85, "faint") == "185% (too strong)" and share_cell(None, "faint") == "n/a"
+    rows = summarise_contrast({s: [{"method": "fast", "category": "brick", "defect": "stain", "ratio": r,
+                                    "agreement": a}] for s, (r, a) in enumerate([(1.85, 1.76), (1.6, 1.54)])})
+    assert "| fast | brick/stain | 185% | 160% | 172% (too strong) | 160% (too strong) | 165% | " \
+           "154% (too strong) |" in contrast_markdown(rows, [0, 1])

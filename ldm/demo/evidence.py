@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from ldm.demo.tiers import family_suffix
-from ldm.quality.contrast import CONTRAST_FLOOR
+from ldm.quality.contrast import CONTRAST_CEILING, CONTRAST_FLOOR
 from ldm.segmentation.evidence import evidence_markdown, single_run_verdict, summarise
 from utils.atomic import write_text_atomic
 
@@ -141,11 +141,13 @@ def record_conditions(opt) -> dict:
     return {"budget": run_budget(opt), "generation": generation_defaults(), "models": demo_models()}
 
 
-def share_cell(value: Optional[float], below: str) -> str:
-    """A share as a table cell: ``n/a`` when unknown, ``" (<below>)"`` appended under ``CONTRAST_FLOOR``."""
+def share_cell(value: Optional[float], below: str, above: str = "too strong") -> str:
+    """A share as a table cell: ``n/a`` when unknown, ``" (<below>)"`` appended under ``CONTRAST_FLOOR`` and
+    ``" (<above>)"`` over ``CONTRAST_CEILING``."""
     if value is None:
         return "n/a"
-    return f"{value:.0%}" + (f" ({below})" if value < CONTRAST_FLOOR else "")
+    note = below if value < CONTRAST_FLOOR else above if value > CONTRAST_CEILING else ""
+    return f"{value:.0%}" + (f" ({note})" if note else "")
 
 
 def _over_seeds(values: Mapping[int, float]) -> tuple[float, float]:
@@ -188,7 +190,8 @@ def contrast_markdown(rows: list[dict], seeds: list[int]) -> str:
         return ""
     lines = ["## Do the generated defects show, in every pipeline seed?", "",
              "Generated defect contrast as a share of the real defects' (|mean inside − mean outside|, 0-255 grey "
-             f"levels, `ldm/quality/contrast.py`); a type shows when its lowest seed reaches {CONTRAST_FLOOR:.0%}. "
+             f"levels, `ldm/quality/contrast.py`); a type shows when its lowest seed reaches {CONTRAST_FLOOR:.0%}; "
+             f"over {CONTRAST_CEILING:.0%} it is much stronger than the real defects. "
              + AGREEMENT_NOTE,
              "", "| generator | texture / defect | " + " | ".join(f"seed {s}" for s in seeds)
              + " | mean | lowest | colour agreement, mean | lowest |", "|---|---|" + "---|" * (len(seeds) + 4)]
@@ -197,7 +200,8 @@ def contrast_markdown(rows: list[dict], seeds: list[int]) -> str:
         agree = [f"{r['agreement_mean']:.0%}" if "agreement_mean" in r else "n/a",
                  share_cell(r.get("agreement_lowest"), "off-colour")]
         lines.append(f"| {r['method']} | {r['category']}/{r['defect']} | " + " | ".join(cells)
-                     + f" | {r['mean']:.0%} | {share_cell(r['lowest'], 'faint')} | " + " | ".join(agree) + " |")
+                     + f" | {share_cell(r['mean'], '', 'too strong')} | {share_cell(r['lowest'], 'faint')} | "
+                     + " | ".join(agree) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ from ldm.demo.evidence import (AGREEMENT_NOTE, contrast_markdown, machine, merge
                                share_cell, verdict_for)
 from ldm.demo.stages import StageRunner
 from ldm.demo.tiers import TIERS, family_dir, family_suffix
-from ldm.quality.contrast import CONTRAST_FLOOR
+from ldm.quality.contrast import CONTRAST_CEILING, CONTRAST_FLOOR
 from ldm.segmentation.evidence import POOLED, describe_paired, evidence_markdown
 from utils.atomic import write_text_atomic
 from utils.progress import fmt_seconds
@@ -145,7 +145,8 @@ def contrast_section(rows: list[dict]) -> list[str]:
              "Defect contrast: |mean inside the mask − mean outside| over the colour channels, in 0-255 grey "
              "levels (`ldm/quality/contrast.py`), averaged over each generator's pairs and over all real defects "
              "of the type at the same size. A ratio under "
-             f"{CONTRAST_FLOOR:.0%} means the generated defects are much fainter than real ones. " + AGREEMENT_NOTE, "",
+             f"{CONTRAST_FLOOR:.0%} means the generated defects are much fainter than real ones, over "
+             f"{CONTRAST_CEILING:.0%} much stronger. " + AGREEMENT_NOTE, "",
              "| generator | texture / defect | generated | real | ratio | colour agreement |",
              "|---|---|---|---|---|---|"]
     for r in rows:

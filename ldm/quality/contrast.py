@@ -31,6 +31,7 @@ import torch
 
 GREY_LEVELS_PER_UNIT = 127.5    # one unit of a [-1, 1] image in 0-255 grey levels
 CONTRAST_FLOOR = 0.5            # generated defects should reach at least half of the real defects' contrast
+CONTRAST_CEILING = 1.5          # ... and not much more: a defect far stronger than real ones is another defect
 
 
 def mask_shift(x: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:

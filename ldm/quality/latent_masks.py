@@ -1,6 +1,6 @@
 """How much of each defect type's masks survives the pixel → latent mask step (``latent_mask``).
 
-    python scripts/latent_mask_report.py --root data/texture-ad --size 64 --latent 16
+    python scripts/latent_mask_report.py --root data/texture-ad --size 64 --latent 32
 
 Per defect type: masks; how many become all-zero latent masks, and how many fall apart into more
 8-connected pieces than the pixel mask has, under the official rule (bilinear resize, ``>= 0.5``) and
