@@ -200,7 +200,7 @@ def contrast_markdown(rows: list[dict], seeds: list[int]) -> str:
         agree = [f"{r['agreement_mean']:.0%}" if "agreement_mean" in r else "n/a",
                  share_cell(r.get("agreement_lowest"), "off-colour")]
         lines.append(f"| {r['method']} | {r['category']}/{r['defect']} | " + " | ".join(cells)
-                     + f" | {share_cell(r['mean'], '', 'too strong')} | {share_cell(r['lowest'], 'faint')} | "
+                     + f" | {share_cell(r['mean'], below='')} | {share_cell(r['lowest'], 'faint')} | "
                      + " | ".join(agree) + " |")
     return "\n".join(lines) + "\n"
 
@@ -237,10 +237,11 @@ def last_evidence(out: Path, family: str, conditions: Optional[Mapping] = None) 
     the family's record in ``docs/evidence/``; with a short description of where it ran. A record whose
     ``conditions`` (``record_conditions``: budgets, generation defaults, models) differ from the given ones is
     passed over, and so is a record older than one of their keys: its spread says nothing about this run."""
+    wanted = json.loads(json.dumps(dict(conditions or {})))  # as a record reads them back (tuples -> lists)
     for path in (Path(out) / f"evidence{family_suffix(family)}.json", RECORD_DIR / f"{family}.json"):
         if path.is_file():
             doc = json.loads(path.read_text())
-            if any(doc.get(key) != json.loads(json.dumps(value)) for key, value in (conditions or {}).items()):
+            if any(doc.get(key) != value for key, value in wanted.items()):
                 continue
             where = f"{len(doc.get('seeds', []))} pipeline seeds on {doc.get('machine', 'an unknown machine')}, " \
                     f"{doc.get('finished', 'undated')}"
