@@ -128,3 +128,21 @@ def test_the_machine_line_names_the_processor(tmp_path):
     assert cpu_model(str(info)) == "AMD EPYC 7B13"
     assert machine(str(info)).endswith(", AMD EPYC 7B13)")
     assert cpu_model(str(tmp_path / "missing")) == (platform.processor() or "unknown CPU")
+
+
+@pytest.mark.parametrize("family", ["texture-ad", "wild"])
+def test_the_shipped_record_speaks_for_a_default_demo(tmp_path, family):
+    """The README promises that a plain ``bash scripts/demo.sh`` (and ``--family wild``) prints its gap beside
+    the recorded evidence. That holds only while ``docs/evidence/<family>.json`` was made with the default
+    budgets, generation defaults and models: a config or default changed without re-recording fails here,
+    not silently in a user's report ("no evidence on record")."""
+    from ldm.demo.evidence import RECORD_DIR, last_evidence, record_conditions
+    from ldm.demo.tiers import TEXTURES, get_parser, resolve
+
+    opt = get_parser().parse_args(["--family", family])
+    resolve(opt)
+    found = last_evidence(tmp_path, family, record_conditions(opt))  # tmp_path: no evidence of its own
+    assert found is not None, f"{RECORD_DIR / (family + '.json')} is not a record of the default demo"
+    doc, where = found
+    assert sorted(doc["textures"]) == sorted(TEXTURES) and len(doc["seeds"]) >= 3
+    assert "brick" in doc["paired"] and f"{len(doc['seeds'])} pipeline seeds" in where
