@@ -4,18 +4,13 @@ architecture (missing keys are only printed). Every generator config must descri
 UNet and autoencoder, and the LDM the autoencoder's latent."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from omegaconf import OmegaConf
 
-from ldm.demo.evidence import DEMO_CONFIGS
-
-ROOT = Path(__file__).resolve().parents[1]
+from ldm.demo.evidence import DEMO_CONFIGS, model_section
 
 
 def _model(role: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(ROOT / DEMO_CONFIGS[role]).model.params, resolve=True)
+    return model_section(DEMO_CONFIGS[role])["params"]
 
 
 def _without_ckpt(first_stage: dict) -> dict:

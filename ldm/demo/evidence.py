@@ -118,15 +118,20 @@ DEMO_CONFIGS = {"autoencoder": "configs/tiny/autoencoder.yaml", "ldm": "configs/
                 "grounding": "configs/grounding/texture-demo.yaml"}
 
 
-def config_digest(config: str) -> str:
-    """A fingerprint of the ``model`` section of a YAML config (path relative to the repository): what a
-    checkpoint trained with it is, whatever the data, steps or logging. Part of a demo train stage's settings,
-    so a release that changes a model retrains it instead of resuming the old one."""
+def model_section(config: str) -> dict:
+    """The resolved ``model`` section of a YAML config (path relative to the repository) as plain containers."""
     from omegaconf import OmegaConf
 
+    return OmegaConf.to_container(OmegaConf.load(ROOT / config).model, resolve=True)
+
+
+def config_digest(config: str) -> str:
+    """A fingerprint of ``model_section(config)``: what a checkpoint trained with it is, whatever the data,
+    steps or logging. Part of a demo train stage's settings, so a release that changes a model retrains it
+    instead of resuming the old one."""
     from ldm.demo.stages import fingerprint
 
-    return fingerprint(OmegaConf.to_container(OmegaConf.load(ROOT / config).model, resolve=True))
+    return fingerprint(model_section(config))
 
 
 def demo_models() -> dict:
